@@ -1,0 +1,98 @@
+"""Sampling time with both Edicho patches vs the unpatched model, side by side in one run.
+
+    ./edicho python bench/bench_patch_overhead.py [--families sd15 sd15-full] [--size 512] [--batch 4] [--steps 4]
+
+Random-weight checkpoints with the real layout (tiny and full-size SD1.5), the host's own
+sampler (euler, cfg 7), both patches active on every step (worst case). Prints a markdown table.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HARNESS = Path(__file__).resolve().parents[1] / "harness"
+sys.path.insert(0, str(HARNESS))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--families", nargs="+", default=["sd15", "sd15-full"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    return parser.parse_args()
+
+
+def group_of(size, batch):
+    import torch
+
+    import sample_photos
+
+    views = sample_photos.sample_group(size)
+    return torch.cat([views, views.flip(2)])[:batch]
+
+
+def main():
+    args = parse_args()
+    import host
+    import tiny_checkpoints
+
+    booted = host.start_host(base_directory=tempfile.mkdtemp(prefix="edicho-bench-"))
+    import importlib
+
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.sd
+    import torch
+
+    def pack(name):
+        return importlib.import_module(f"{booted.pack_module.__name__}.{name}")
+
+    fe, matcher = pack("nodes.feature_extractor"), pack("nodes.matcher")
+    warp, fuser = pack("nodes.attention_warp"), pack("nodes.noise_fuser")
+    rows = []
+    for family in args.families:
+        path = tiny_checkpoints.ensure_checkpoint(family, Path.home() / ".cache" / "comfyui-edicho" / "checkpoints")
+        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(path))
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+        negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        images = group_of(args.size, args.batch)
+        feats, latent_grid = fe.extract_features(model, vae, images, fe._empty_conditioning(model), 261, 1, 1, 0)
+        features = pack("nodes.types").DiftFeatures(feats, tuple(images.shape[1:3]), latent_grid, 1, 261)
+        corr = matcher.build_correspondence(features, 0, True, 0.0, 1024)
+        patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")
+        patched = fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
+        latent = vae.encode(images)
+        noise = comfy.sample.prepare_noise(latent, 0)
+
+        def run(m):
+            start = time.perf_counter()
+            out = comfy.sample.sample(m, noise, args.steps, 7.0, "euler", "normal", positive, negative, latent,
+                                      denoise=1.0, disable_pbar=True, seed=0)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter() - start, out
+
+        with torch.inference_mode():
+            run(model), run(patched)
+            plain_times, patched_times = [], []
+            for _ in range(args.repeats):
+                plain_times.append(run(model)[0])
+                patched_times.append(run(patched)[0])
+        plain, edicho = statistics.median(plain_times), statistics.median(patched_times)
+        rows.append((family, f"{args.size}x{args.size}", args.batch, args.steps, plain, edicho, edicho / plain))
+        del model, clip, vae, patched
+        mm.unload_all_models()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\ndevice: {device}; euler, cfg 7, both patches active on every step; median of {args.repeats}")
+    print("| model | size | batch | steps | unpatched s | Edicho s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for family, size, batch, steps, plain, edicho, ratio in rows:
+        print(f"| {family} | {size} | {batch} | {steps} | {plain:.2f} | {edicho:.2f} | {ratio:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()

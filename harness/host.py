@@ -1,0 +1,96 @@
+"""Boot the real ComfyUI host in this process, with the pack linked into a throwaway base
+directory the way ComfyUI-Manager installs it (a link under custom_nodes/)."""
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_DIR_NAME = "comfyui-edicho"
+
+
+@dataclass
+class Host:
+    path: Path
+    base_directory: Path
+    pack_module: object
+    node_classes: dict
+    pack_node_ids: list
+    pack_import_errors: list
+
+
+_HOST = None
+
+
+def link_pack(base_directory):
+    """Put the pack under `base_directory/custom_nodes/` as a link (a copy where links fail)."""
+    custom_nodes = Path(base_directory) / "custom_nodes"
+    custom_nodes.mkdir(parents=True, exist_ok=True)
+    target = custom_nodes / PACK_DIR_NAME
+    if target.is_symlink() or target.exists():
+        if target.resolve() == REPO:
+            return target
+        target.unlink()
+    target.symlink_to(REPO, target_is_directory=True)
+    return target
+
+
+def gpu_available():
+    import torch
+    return torch.cuda.is_available()
+
+
+def start_host(comfyui_path=None, base_directory=None, extra_args=()):
+    """Import the host from `comfyui_path` (default $COMFYUI_PATH) and load all nodes; once per process."""
+    global _HOST
+    if _HOST is not None:
+        return _HOST
+    comfyui_path = Path(comfyui_path or os.environ["COMFYUI_PATH"]).resolve()
+    base_directory = Path(base_directory or os.environ.get("EDICHO_HOST_HOME", REPO / ".host-home")).resolve()
+    for sub in ("models/checkpoints", "input", "output", "temp", "user"):
+        (base_directory / sub).mkdir(parents=True, exist_ok=True)
+    pack_link = link_pack(base_directory)
+
+    argv = ["main.py", "--base-directory", str(base_directory), *extra_args]
+    if not gpu_available():
+        # comfy.model_management raises "Found no NVIDIA driver" without it.
+        argv.append("--cpu")
+    sys.argv = argv
+    sys.path.insert(0, str(comfyui_path))
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args  # parses sys.argv
+    # main.py imports the `utils` package before nodes.py puts comfy/ (with comfy/utils.py) first on sys.path.
+    import utils.install_util  # noqa: F401
+    import folder_paths
+    import execution  # noqa: F401
+    # main.py applies these itself; in-process we do.
+    if comfy.cli_args.args.output_directory:
+        folder_paths.set_output_directory(os.path.abspath(comfy.cli_args.args.output_directory))
+    import nodes
+
+    failed = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if "IMPORT FAILED" in msg or "Cannot import" in msg:
+                failed.append(msg)
+
+    catcher = _Catch()
+    logging.getLogger().addHandler(catcher)
+    try:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    finally:
+        logging.getLogger().removeHandler(catcher)
+
+    module_key = str(pack_link).replace(".", "_x_")
+    pack_module = sys.modules.get(module_key)
+    pack_ids = [name for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+                if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == f"custom_nodes.{PACK_DIR_NAME}"]
+    pack_errors = [m for m in failed if str(pack_link) in m or m.endswith(f": {PACK_DIR_NAME}")]
+    _HOST = Host(comfyui_path, base_directory, pack_module, nodes.NODE_CLASS_MAPPINGS, pack_ids, pack_errors)
+    assert folder_paths.base_path == str(base_directory)
+    return _HOST

@@ -1,0 +1,42 @@
+"""Bundled sample photos: scikit-image's photo of Chelsea the cat, turned into a small group
+of the same subject under different crops, scales and a flip (what Edicho is for)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# (top, left, height, width) crops of the 300x451 photo, and whether to mirror it.
+VIEWS = (
+    ("chelsea-a", (15, 70, 280, 280), False),
+    ("chelsea-b", (0, 130, 300, 300), True),
+    ("chelsea-c", (60, 125, 200, 200), False),
+)
+
+
+def sample_group(size=256):
+    """Three views of one subject as a ComfyUI IMAGE batch `[3, size, size, 3]` in [0, 1]."""
+    from skimage import data
+
+    photo = torch.from_numpy(np.ascontiguousarray(data.chelsea())).float().div(255).permute(2, 0, 1)
+    views = []
+    for _, (top, left, h, w), mirror in VIEWS:
+        crop = photo[:, top:top + h, left:left + w]
+        if mirror:
+            crop = crop.flip(-1)
+        views.append(F.interpolate(crop[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0])
+    return torch.stack(views).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def write_sample_group(folder, size=256):
+    """Save the group as PNGs in `folder` (e.g. the host's input/); return their file names."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for (name, _, _), image in zip(VIEWS, sample_group(size)):
+        file_name = f"{name}-{size}.png"
+        Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(folder / file_name)
+        names.append(file_name)
+    return names

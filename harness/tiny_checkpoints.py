@@ -1,0 +1,138 @@
+"""Tiny random-weight checkpoints with the real key layout, built from the host's own module
+classes so that the host's CheckpointLoaderSimple detects them as the family they claim.
+
+A family is a config (UNet config in the host's detected form, text encoder, VAE), not code:
+adding SDXL or SD2.x means adding an entry to FAMILIES.
+"""
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# SD1.x detection fixes model_channels=320, context_dim=768, conv proj_in, in_channels=4 and
+# no label_emb; widths below 320 are refused ("Could not detect model type"). Free: levels,
+# res blocks per level, transformer depth per level, the middle block. This config keeps SD1.x's
+# shape (4 levels, attention on the middle levels only, so decoder self-attention runs at two
+# grids: 1/16 and 1/32 of the image) with one res block per level, and a middle block with
+# attention (cheap at 1/64 of the image) for layer selection and chaining with core patches.
+SD15_TINY_UNET = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1, 1, 1],
+    "channel_mult": [1, 1, 1, 1],
+    "transformer_depth": [0, 1, 1, 0],
+    # One entry per output block, shallowest level first (the UNet pops from the end).
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+}
+
+# The real SD1.5 UNet (860 M params), for benchmarks at full size with random weights.
+SD15_FULL_UNET = SD15_TINY_UNET | {
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+}
+
+FAMILIES = {
+    "sd15": {
+        "unet": SD15_TINY_UNET,
+        "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],
+        "vae": "taesd",
+        "expected_model_type": "SD15",
+    },
+    "sd15-full": {
+        "unet": SD15_FULL_UNET,
+        "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],
+        "vae": "taesd",
+        "expected_model_type": "SD15",
+    },
+}
+
+SEED = 20241231
+
+
+def _host_modules(spec):
+    """Instantiate the family's modules from the host's classes on the meta device."""
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    comfy_dir = Path(comfy.clip_model.__file__).parent
+    parts = [("model.diffusion_model.", UNetModel(**spec["unet"], device="meta", operations=comfy.ops.disable_weight_init))]
+    for enc in spec["text_encoders"]:
+        config = json.loads((comfy_dir / enc["config"]).read_text())
+        parts.append((enc["prefix"], comfy.clip_model.CLIPTextModel(config, torch.float32, "meta", comfy.ops.manual_cast)))
+    if spec["vae"] == "taesd":
+        with torch.device("meta"):
+            parts.append(("first_stage_model.", comfy.taesd.taesd.TAESD()))
+    return parts
+
+
+def _init_tensor(name, shape, generator):
+    """Random weights with sane scales: finite activations through a deep random network."""
+    leaf = name.rsplit(".", 1)[-1]
+    if name.endswith("vae_scale"):
+        return torch.ones(shape)
+    if leaf == "bias" or name.endswith("vae_shift") or len(shape) == 0:
+        return torch.zeros(shape)
+    if len(shape) == 1:
+        return torch.ones(shape)  # norm weights
+    if "embedding" in name:
+        return torch.randn(shape, generator=generator) * 0.02
+    fan_in = math.prod(shape[1:])
+    return torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+
+
+def build_state_dict(family, seed=SEED):
+    """The whole checkpoint state dict for `family`, seeded."""
+    spec = FAMILIES[family]
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for prefix, module in _host_modules(spec):
+        for name, tensor in module.state_dict().items():
+            state[prefix + name] = _init_tensor(prefix + name, tuple(tensor.shape), generator)
+    return state
+
+
+def _store_dtype(name):
+    # A full-size random CLIP is 123 M params; fp8 storage halves the file and still loads
+    # with finite conditioning (the host upcasts it).
+    if name.startswith("cond_stage_model.") or name.startswith("conditioner."):
+        return torch.float8_e4m3fn
+    return torch.float16
+
+
+def checkpoint_config_id(family, seed=SEED):
+    text = json.dumps({"family": FAMILIES[family], "seed": seed, "v": 1}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def ensure_checkpoint(family, folder, seed=SEED):
+    """Write (once) and return the path of the tiny checkpoint for `family` in `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    path = folder / f"edicho-tiny-{family}-{checkpoint_config_id(family, seed)}.safetensors"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(_store_dtype(k)).contiguous() for k, v in build_state_dict(family, seed).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"edicho_tiny": family, "seed": str(seed)})
+    tmp.rename(path)
+    return path

@@ -1,0 +1,1 @@
+"""Pure torch kernels of Edicho: matching, resizing, warping, fusion. Never imports the host."""

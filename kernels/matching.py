@@ -1,0 +1,88 @@
+"""Cosine nearest-neighbour matching from every target position to the reference."""
+import torch
+from einops import rearrange
+
+from .correspondence import Correspondence
+
+
+def _check(features, reference, masks):
+    if features.ndim != 4:
+        raise ValueError(f"features must be [B, C, h, w], got {list(features.shape)}")
+    batch = features.shape[0]
+    if batch < 2:
+        raise ValueError(f"matching needs at least 2 images (a reference and a target), got {batch}")
+    if not 0 <= reference < batch:
+        raise ValueError(f"reference index {reference} is out of range for {batch} images (0..{batch - 1})")
+    if not torch.isfinite(features).all():
+        raise ValueError("features contain NaN or inf")
+    if masks is not None and tuple(masks.shape) != (batch, *features.shape[-2:]):
+        raise ValueError(f"masks must be [B, h, w] = {[batch, *features.shape[-2:]]}, got {list(masks.shape)}")
+
+
+def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
+    """Best reference cell per target cell, and (for the mutual check) best target cell per reference cell.
+
+    target, ref: [N, C]. The reverse argmax is a running column maximum over chunks, updated
+    only on strictly greater values so ties keep the first index, exactly as torch.argmax.
+    """
+    n = target.shape[0]
+    best_sim = torch.empty(n, device=target.device, dtype=target.dtype)
+    best_ref = torch.empty(n, device=target.device, dtype=torch.long)
+    col_sim = torch.full((ref.shape[0],), float("-inf"), device=target.device, dtype=target.dtype)
+    col_arg = torch.zeros(ref.shape[0], device=target.device, dtype=torch.long)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        sim = target[start:stop] @ ref.T
+        if ref_ok is not None:
+            sim.masked_fill_(~ref_ok[None, :], float("-inf"))
+        best_ref[start:stop] = sim.argmax(dim=1)
+        best_sim[start:stop] = sim.gather(1, best_ref[start:stop, None])[:, 0]
+        if mutual:
+            if target_ok is not None:
+                sim.masked_fill_(~target_ok[start:stop, None], float("-inf"))
+            arg = sim.argmax(dim=0)
+            value = sim.gather(0, arg[None, :])[0]
+            better = value > col_sim
+            col_sim = torch.where(better, value, col_sim)
+            col_arg = torch.where(better, arg + start, col_arg)
+    return best_ref, best_sim, col_arg
+
+
+def match_features(features, reference, *, mutual=True, min_similarity=0.0, masks=None, chunk_size=1024,
+                   image_size=None):
+    """Unit-length features `[B, C, h, w]` -> Correspondence (reference -> each target) on the grid (h, w).
+
+    `masks` `[B, h, w]` bool, True where a cell may take part: masked reference cells are never
+    chosen, masked target cells are invalid. A match is valid when it passes the mutual check
+    (if on), reaches `min_similarity`, and is not masked. `chunk_size` target cells are matched at a
+    time (peak memory O(chunk x h*w)); None matches all at once.
+    """
+    _check(features, reference, masks)
+    batch, _, h, w = features.shape
+    n = h * w
+    chunk = n if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    flat = rearrange(features, "b c h w -> b (h w) c")
+    flat_masks = rearrange(masks.bool(), "b h w -> b (h w)") if masks is not None else None
+    ref_ok = flat_masks[reference] if flat_masks is not None else None
+    positions = torch.arange(n, device=features.device)
+    index = positions.repeat(batch, 1)
+    valid = torch.zeros(batch, n, dtype=torch.bool, device=features.device)
+    similarity = torch.ones(batch, n, dtype=torch.float32, device=features.device)
+    for b in range(batch):
+        if b == reference:
+            continue
+        target_ok = flat_masks[b] if flat_masks is not None else None
+        best_ref, best_sim, col_arg = _match_one(flat[b], flat[reference], ref_ok, target_ok, mutual, chunk)
+        ok = torch.isfinite(best_sim) & (best_sim >= min_similarity)
+        if mutual:
+            ok &= col_arg[best_ref] == positions
+        if target_ok is not None:
+            ok &= target_ok
+        index[b] = best_ref
+        valid[b] = ok
+        similarity[b] = torch.where(torch.isfinite(best_sim), best_sim, torch.full_like(best_sim, -1.0)).float()
+    size = tuple(image_size) if image_size is not None else (h, w)
+    return Correspondence(index=index, valid=valid, similarity=similarity, grid=(h, w), reference=reference,
+                          image_size=size)

@@ -1,0 +1,127 @@
+"""EdichoFeatureExtractor: DIFT features from the host's own loaded model."""
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+
+from .types import DiftFeatures, Features
+from .unet_layout import output_block_of_up_level, unet_of
+
+NODE = "EdichoFeatureExtractor"
+
+
+class _Captured(Exception):
+    """Raised once the chosen block's input is captured, so the rest of the UNet never runs."""
+
+
+def _capture_patch(block_id, store):
+    def patch(h, hsp, transformer_options):
+        if transformer_options["block"] == ("output", block_id):
+            store.append(h)
+            raise _Captured
+        return h, hsp
+    return patch
+
+
+def _one_call_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """A 'sampler' that evaluates the model once at sigmas[0]: the host then does the rest."""
+    return model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+
+
+def _empty_conditioning(model):
+    """A zero text embedding (with a zero pooled vector for families that need one)."""
+    config = model.model.model_config.unet_config
+    context_dim = config.get("context_dim") or 768
+    extra = {}
+    if config.get("adm_in_channels"):
+        extra["pooled_output"] = torch.zeros(1, 1280)
+    return [[torch.zeros(1, 77, context_dim), extra]]
+
+
+def ensemble_noises(latent_shape, ensemble, seed):
+    """The `ensemble` noise draws `[B, C, h, w]` used for one extraction, in order."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(latent_shape, generator=generator) for _ in range(ensemble)]
+
+
+class FeaturePass:
+    """One model, one image group, one block: call with a noise draw to get that draw's features."""
+
+    def __init__(self, model, vae, images, conditioning, timestep, up_level):
+        unet = unet_of(model, NODE)
+        self.block_id = output_block_of_up_level(unet, up_level)
+        self.latent = vae.encode(images[:, :, :, :3])
+        sigma = model.get_model_object("model_sampling").sigma(torch.tensor(float(timestep))).reshape(1)
+        self.sigmas = torch.cat([sigma, sigma.new_zeros(1)])
+        self._store = []
+        patched = model.clone()
+        patched.set_model_output_block_patch(_capture_patch(self.block_id, self._store))
+        self.guider = comfy.samplers.CFGGuider(patched)
+        self.guider.set_conds(conditioning, conditioning)
+        self.guider.set_cfg(1.0)
+        self.sampler = comfy.samplers.KSAMPLER(_one_call_sampler)
+
+    def __call__(self, noise):
+        """Features `[B, C, h, w]` (float32) for one noise draw shaped like the latent."""
+        with torch.no_grad():
+            try:
+                self.guider.sample(noise, self.latent, self.sampler, self.sigmas, disable_pbar=True)
+            except _Captured:
+                pass
+        if not self._store:
+            raise RuntimeError(f"{NODE}: the UNet never reached output block {self.block_id}; another patch "
+                               f"may be skipping blocks")
+        return self._store.pop().float().to(comfy.model_management.intermediate_device())
+
+
+def extract_features(model, vae, images, conditioning, timestep, up_level, ensemble, seed, progress=None):
+    """Mean over `ensemble` noise draws of the decoder-level features: IMAGE [B, H, W, C] -> ([B, C, h, w], latent grid)."""
+    feature_pass = FeaturePass(model, vae, images, conditioning, timestep, up_level)
+    total = None
+    for noise in ensemble_noises(feature_pass.latent.shape, ensemble, seed):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        draw = feature_pass(noise)
+        total = draw if total is None else total + draw
+        if progress is not None:
+            progress.update(1)
+    return total / ensemble, tuple(feature_pass.latent.shape[-2:])
+
+
+class EdichoFeatureExtractor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="Edicho Feature Extractor (DIFT)",
+            category="edicho/correspondence",
+            description="Diffusion features (DIFT) of every image, computed once; feed them to Edicho Matcher.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model whose features are used (SD1.x, SD2.x or SDXL UNet)."),
+                io.Vae.Input("vae", tooltip="The VAE that encodes the images into the model's latent space."),
+                io.Image.Input("images", tooltip="The group of photos, one batch, all the same size (use Edicho Batch Images for mixed sizes)."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="Prompt for the feature pass. DIFT uses an empty prompt: connect CLIP Text Encode with empty text. Unconnected: a zero text embedding."),
+                io.Int.Input("timestep", default=261, min=0, max=999,
+                             tooltip="Noise level of the feature pass, in training timesteps of 1000 (DIFT: 261)."),
+                io.Int.Input("up_level", default=1, min=0, max=3,
+                             tooltip="Decoder level whose output is the feature (DIFT up_ft_index; 1 = 1/16 of the image side on SD1.x/SD2.x)."),
+                io.Int.Input("ensemble", default=8, min=1, max=64,
+                             tooltip="Noise draws averaged (DIFT: 8). Fewer is faster, noisier."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the noise draws: the same seed gives the same features."),
+            ],
+            outputs=[Features.Output(display_name="features")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, images, timestep, up_level, ensemble, seed, conditioning=None) -> io.NodeOutput:
+        if images.shape[0] < 2:
+            raise ValueError(f"{NODE}: got a batch of {images.shape[0]} image; Edicho needs at least 2 "
+                             f"(a reference and a target). Batch the photos first (Edicho Batch Images).")
+        conditioning = conditioning if conditioning is not None else _empty_conditioning(model)
+        progress = comfy.utils.ProgressBar(ensemble)
+        features, latent_grid = extract_features(model, vae, images, conditioning, timestep, up_level,
+                                                 ensemble, seed, progress)
+        return io.NodeOutput(DiftFeatures(features, tuple(images.shape[1:3]), latent_grid, up_level, timestep))

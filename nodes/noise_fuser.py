@@ -1,0 +1,104 @@
+"""EdichoNoiseFuser: Corr-CFG (Edicho §3.4) as a chained pre-CFG function on a model clone."""
+import torch
+from comfy_api.latest import io
+
+from ..kernels.fusion import fuse_uncond_eps
+from .patch_support import CorrespondenceOnDevice, check_grid
+from .step_range import StepRange
+from .types import CorrespondenceType
+from .unet_layout import unet_of
+
+NODE = "EdichoNoiseFuser"
+READINGS = ("literal", "substituted")
+
+
+class CorrCfgFusion:
+    """Fuses each target's unconditional noise with the reference's, warped, in eps space."""
+
+    def __init__(self, corr, step_range, lam, gamma, seed, reading):
+        self.corr = corr
+        self.step_range = step_range
+        self.lam = lam
+        self.gamma = gamma
+        self.seed = seed
+        self.reading = reading
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def step_index(self, sigma, model_options):
+        """Index of the schedule entry nearest to `sigma`: seeds the injection mask per step."""
+        schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if schedule is None:
+            return 0
+        return int((schedule.float().cpu() - float(sigma.max())).abs().argmin())
+
+    def __call__(self, args):
+        conds_out = args["conds_out"]
+        # cfg == 1: the host skipped the unconditional pass, and there is nothing to fuse.
+        if self.lam == 0.0 or args["conds"][1] is None:
+            return conds_out
+        sigma = args["sigma"]
+        if not self.step_range.contains(float(sigma.max())):
+            return conds_out
+        x = args["input"]
+        if x.shape[0] != self.corr.corr.batch_size:
+            raise ValueError(f"{NODE}: the sampler runs a batch of {x.shape[0]} latents but the correspondence was "
+                             f"built for {self.corr.corr.batch_size} images. Sample the same image batch that went "
+                             f"into Edicho Matcher.")
+        check_grid(NODE, self.corr.corr, x.shape[-2:])
+        cond, uncond = conds_out[0], conds_out[1]
+        sig = sigma.reshape(-1, *([1] * (x.ndim - 1))).float()
+        eps_u = (x.float() - uncond.float()) / sig
+        generator = torch.Generator().manual_seed(self.seed + self.step_index(sigma, args["model_options"]))
+        corr = self.corr.at(x.device, tuple(x.shape[-2:]))
+        fused = fuse_uncond_eps(eps_u, corr, self.lam, self.gamma, generator)
+        # u' = x - sigma eps_u' written as a change of u, so rows and positions left alone stay bit-exact.
+        new_uncond = (uncond.float() - (fused - eps_u) * sig).to(uncond.dtype)
+        if self.reading == "literal":
+            # Eq. 9: eps_u' + s (eps_c - eps_u): the host computes u' + s (c' - u'), so shift c by u' - u.
+            cond = cond + (new_uncond - uncond)
+        return [cond, new_uncond, *conds_out[2:]]
+
+
+def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed, reading):
+    """A clone of `model` whose unconditional predictions are fused through the correspondence."""
+    unet_of(model, NODE)
+    step_range = StepRange.from_percent(model, start_percent, end_percent, NODE)
+    patched = model.clone()
+    fusion = CorrCfgFusion(CorrespondenceOnDevice(corr), step_range, lam, gamma, seed, reading)
+    patched.set_model_sampler_pre_cfg_function(fusion)
+    return patched
+
+
+class EdichoNoiseFuser(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="Edicho Noise Fuser (Corr-CFG)",
+            category="edicho/patches",
+            description="Fuses each target's unconditional noise prediction with the reference's, warped through "
+                        "the correspondence (Edicho Corr-CFG). The conditional branch is left alone. No effect at cfg 1.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input is untouched)."),
+                CorrespondenceType.Input("correspondence", tooltip="From Edicho Matcher, built on the same image batch that is sampled."),
+                io.Float.Input("lam", default=0.8, min=0.0, max=1.0, step=0.05, display_name="lambda",
+                               tooltip="Fusion weight lambda (paper: 0.8). 0 = off."),
+                io.Float.Input("gamma", default=0.9, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of matched positions that take the reference's noise (paper: 0.9)."),
+                io.Float.Input("start_percent", default=0.08, min=0.0, max=1.0, step=0.01,
+                               tooltip="Start of the active range, in percent of denoising (paper: step 4 of 50 = 0.08)."),
+                io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,
+                               tooltip="End of the active range (paper: step 40 of 50 = 0.80)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the random injection mask (a new mask each step, the same for a given seed)."),
+                io.Combo.Input("reading", options=list(READINGS), default="literal",
+                               tooltip="literal (Eq. 9): eps_u' + s(eps_c - eps_u). substituted: eps_u' + s(eps_c - eps_u'), which also pulls the guidance."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, correspondence, lam, gamma, start_percent, end_percent, seed, reading) -> io.NodeOutput:
+        return io.NodeOutput(apply_noise_fuser(model, correspondence, lam, gamma, start_percent, end_percent, seed, reading))

@@ -1,0 +1,54 @@
+"""What both patches share: one correspondence resized per grid and device (once, not per
+step), and the checks that the batch being sampled is the one it was built for."""
+import threading
+
+from ..kernels.correspondence import resize_correspondence
+
+
+class CorrespondenceOnDevice:
+    """A correspondence and its copies per (device, grid), made on first use and shared by clones."""
+
+    def __init__(self, corr):
+        self.corr = corr
+        self._copies = {}
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def at(self, device, grid):
+        key = (str(device), tuple(grid))
+        copy = self._copies.get(key)
+        if copy is None:
+            with self._lock:
+                copy = resize_correspondence(self.corr, tuple(grid)).to(device)
+                self._copies[key] = copy
+        return copy
+
+
+def check_batch(node, corr, rows, extra_options):
+    """Raise a clear error when the sampled batch or resolution is not the correspondence's."""
+    chunks = len(extra_options.get("cond_or_uncond", [0]))
+    batch = rows // chunks if rows % chunks == 0 else None
+    if batch != corr.batch_size:
+        raise ValueError(
+            f"{node}: the sampler runs a batch of {rows // max(chunks, 1)} latents but the correspondence was built "
+            f"for {corr.batch_size} images. Sample the same image batch that went into Edicho Matcher (one latent per photo).")
+    check_grid(node, corr, extra_options["original_shape"][-2:])
+
+
+def check_grid(node, corr, latent_grid):
+    if tuple(latent_grid) != tuple(corr.grid):
+        raise ValueError(
+            f"{node}: the correspondence was built for a {corr.grid[1]}x{corr.grid[0]} latent "
+            f"({corr.image_size[1]}x{corr.image_size[0]} px images) but the sampler runs "
+            f"{latent_grid[1]}x{latent_grid[0]}. Rebuild it from the images at the size you sample.")
+
+
+def check_images(node, corr, images):
+    """The image batch must be the one the correspondence was built from (count and size)."""
+    if images.shape[0] != corr.batch_size or tuple(images.shape[1:3]) != tuple(corr.image_size):
+        raise ValueError(
+            f"{node}: got {images.shape[0]} images of {images.shape[2]}x{images.shape[1]} but the correspondence "
+            f"was built for {corr.batch_size} images of {corr.image_size[1]}x{corr.image_size[0]}. Connect the "
+            f"same image batch that went into Edicho Feature Extractor.")

@@ -1,0 +1,123 @@
+"""Corr-Attention: exact math against a plain computation, invariants, chaining, errors."""
+import pytest
+import torch
+
+from patch_reference import corr_attention_reference, random_correspondence
+
+# (heads, dim_head): SD1.x decoder layers use 8 heads; SDXL uses 64-wide heads (10 or 20 of them).
+HEAD_CONFIGS = [(8, 40), (10, 64)]
+
+
+def extra_options(rows, grid, chunks, heads, dim, sigma=5.0, latent_grid=None):
+    return {
+        "n_heads": heads, "dim_head": dim, "attn_precision": None,
+        "cond_or_uncond": [1, 0, 0][:chunks] if chunks <= 3 else [0] * chunks,
+        "sigmas": torch.full((rows,), sigma),
+        "activations_shape": [rows, heads * dim, *grid],
+        "original_shape": [rows, 4, *(latent_grid or grid)],
+    }
+
+
+def make_patch(pack, corr, strength=1.0, mode="warp", sigma_range=(10.0, 1.0), inner=None):
+    warp = pack("nodes.attention_warp")
+    support = pack("nodes.patch_support")
+    step_range = pack("nodes.step_range").StepRange(*sigma_range)
+    return warp.CorrAttentionPatch(support.CorrespondenceOnDevice(corr), step_range, strength, mode, inner=inner)
+
+
+@pytest.mark.parametrize("heads, dim", HEAD_CONFIGS)
+@pytest.mark.parametrize("reference", [0, 2])
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["warp", "share"])
+def test_patched_attention_equals_plain_computation(pack, heads, dim, reference, chunks, mode):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    gen = torch.Generator().manual_seed(100 * reference + chunks)
+    batch, grid = 3, (4, 6)
+    corr = random_correspondence(Correspondence, batch, grid, reference, gen)
+    rows, n = chunks * batch, grid[0] * grid[1]
+    q, k, v = (torch.randn(rows, n, heads * dim, generator=gen) for _ in range(3))
+    out = make_patch(pack, corr, mode=mode)(q, k, v, extra_options(rows, grid, chunks, heads, dim))
+    expected = corr_attention_reference(q, k, v, corr, heads, mode=mode)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_grid_coarser_than_the_correspondence_uses_the_resized_one(pack):
+    kc = pack("kernels.correspondence")
+    gen = torch.Generator().manual_seed(3)
+    corr = random_correspondence(kc.Correspondence, 2, (8, 8), 0, gen)
+    layer_grid = (4, 4)
+    q, k, v = (torch.randn(4, 16, 16, generator=gen) for _ in range(3))
+    out = make_patch(pack, corr)(q, k, v, extra_options(4, layer_grid, 2, 2, 8, latent_grid=(8, 8)))
+    expected = corr_attention_reference(q, k, v, kc.resize_correspondence(corr, layer_grid), 2)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma, strength", [(20.0, 1.0), (0.5, 1.0), (5.0, 0.0)])
+def test_outside_the_range_or_at_strength_zero_it_is_the_host_attention_bit_for_bit(pack, sigma, strength):
+    warp = pack("nodes.attention_warp")
+    Correspondence = pack("kernels.correspondence").Correspondence
+    gen = torch.Generator().manual_seed(4)
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, gen)
+    q, k, v = (torch.randn(6, 16, 64, generator=gen) for _ in range(3))
+    options = extra_options(6, (4, 4), 2, 8, 8, sigma=sigma)
+    out = make_patch(pack, corr, strength=strength)(q, k, v, options)
+    assert torch.equal(out, warp.host_attention(q, k, v, options))
+
+
+def test_strength_blends_linearly_with_the_unpatched_output(pack):
+    warp = pack("nodes.attention_warp")
+    Correspondence = pack("kernels.correspondence").Correspondence
+    gen = torch.Generator().manual_seed(5)
+    corr = random_correspondence(Correspondence, 3, (4, 4), 1, gen)
+    q, k, v = (torch.randn(6, 16, 64, generator=gen) for _ in range(3))
+    options = extra_options(6, (4, 4), 2, 8, 8)
+    full = make_patch(pack, corr)(q, k, v, options)
+    half = make_patch(pack, corr, strength=0.5)(q, k, v, options)
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * warp.host_attention(q, k, v, options))
+
+
+def test_an_existing_replace_is_wrapped_and_receives_the_warped_inputs(pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    corr_attention_inputs = pack("kernels.corr_attention").corr_attention_inputs
+    gen = torch.Generator().manual_seed(6)
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, gen)
+    q, k, v = (torch.randn(6, 16, 64, generator=gen) for _ in range(3))
+    seen = []
+
+    def other_pack(q_, k_, v_, options):
+        seen.append((q_, k_, v_))
+        return q_ * 2
+
+    out = make_patch(pack, corr, inner=other_pack)(q, k, v, extra_options(6, (4, 4), 2, 8, 8))
+    q2, k2, v2 = corr_attention_inputs(q, k, v, corr, mode="warp")
+    assert len(seen) == 1
+    assert torch.equal(seen[0][0], q2) and torch.equal(seen[0][1], k2) and torch.equal(seen[0][2], v2)
+    assert torch.equal(out, q2 * 2)
+
+
+def test_a_batch_that_is_not_the_correspondence_batch_is_a_clear_error(pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, torch.Generator().manual_seed(7))
+    q = torch.randn(4, 16, 64)
+    with pytest.raises(ValueError, match="EdichoAttentionWarp.*batch of 2 latents.*3 images"):
+        make_patch(pack, corr)(q, q, q, extra_options(4, (4, 4), 2, 8, 8))
+
+
+def test_a_correspondence_for_another_resolution_is_a_clear_error(pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, torch.Generator().manual_seed(8))
+    q = torch.randn(6, 16, 64)
+    with pytest.raises(ValueError, match="EdichoAttentionWarp.*built for a 4x4 latent.*Rebuild"):
+        make_patch(pack, corr)(q, q, q, extra_options(6, (4, 4), 2, 8, 8, latent_grid=(8, 8)))
+
+
+def test_layer_selection_parses_and_refuses_clearly(pack, sd15_parts):
+    layout = pack("nodes.unet_layout")
+    parse = pack("nodes.layer_selection").parse_layers
+    available = layout.self_attention_layers(sd15_parts[0].model.diffusion_model)
+    assert parse("output", available, "N") == [k for k in available if k[0] == "output"]
+    assert [k[1] for k in parse("output.3-4, middle", available, "N")] == [0, 3, 4]
+    with pytest.raises(ValueError, match="N: layer selection 'decoder' is not understood"):
+        parse("decoder", available, "N")
+    with pytest.raises(ValueError, match="matches no self-attention layer.*output.2"):
+        parse("output.7", available, "N")

@@ -1,0 +1,74 @@
+"""Real graphs with both patches, executed by the host on the tiny SD1.x checkpoint."""
+import pytest
+import torch
+
+import runner
+from graphs import edicho_img2img
+
+
+def _count_calls(monkeypatch, pack):
+    """Count Corr-Attention calls that were active, per layer key."""
+    warp = pack("nodes.attention_warp")
+    counts = {}
+    original = warp.corr_attention_inputs
+
+    def counting(q, k, v, corr, mode):
+        counts[q.shape[1]] = counts.get(q.shape[1], 0) + 1
+        return original(q, k, v, corr, mode=mode)
+
+    monkeypatch.setattr(warp, "corr_attention_inputs", counting)
+    return counts
+
+
+def test_example_workflow_runs_with_both_patches_batch_three(host, tiny_sd15, sample_files, pack, monkeypatch):
+    counts = _count_calls(monkeypatch, pack)
+    result = runner.run_graph(edicho_img2img(tiny_sd15, sample_files, steps=2))
+    edited, plain = result.output("decode"), result.output("decode_plain")
+    assert edited.shape == plain.shape == (3, 256, 256, 3)
+    assert torch.isfinite(edited).all()
+    assert not torch.equal(edited, plain)
+    preview = result.output("preview")
+    assert preview.shape == (3, 256, 512, 3)
+    # Decoder self-attention at 1/16 (16x16 tokens) and 1/32 (8x8) of 256 px, 2 layers each,
+    # 2 steps, cond+uncond in one call.
+    assert counts == {256: 2 * 2, 64: 2 * 2}
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("dpmpp_2m", "karras"), ("heun", "simple")])
+def test_other_samplers_and_schedulers(host, tiny_sd15, sample_files, sampler, scheduler):
+    result = runner.run_graph(edicho_img2img(tiny_sd15, sample_files, steps=2, sampler=sampler, scheduler=scheduler))
+    assert torch.isfinite(result.output("decode")).all()
+
+
+@pytest.mark.parametrize("start, end", [(0.3, 0.35), (1.0, 1.0)])
+def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tiny_sd15, sample_files, start, end):
+    # Denoise 0.6 in 2 euler steps evaluates sigma 1.62 and 0.029; percent 0.30..0.35 is sigma
+    # 3.9..3.1, and 1.0..1.0 is sigma 0, which no step evaluates.
+    graph = edicho_img2img(tiny_sd15, sample_files, steps=2, start_percent=start, end_percent=end)
+    result = runner.run_graph(graph)
+    assert torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
+
+
+def test_inside_the_step_range_sampling_changes(host, tiny_sd15, sample_files):
+    result = runner.run_graph(edicho_img2img(tiny_sd15, sample_files, steps=2, start_percent=0.9, end_percent=1.0))
+    assert not torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
+
+
+def test_sample_batch_not_matching_the_correspondence_is_a_clear_error(host, tiny_sd15, sample_files):
+    graph = edicho_img2img(tiny_sd15, sample_files, steps=1)
+    graph["two"] = {"class_type": "ImageBatch", "inputs": {"image1": ["load_a", 0], "image2": ["load_b", 0]}}
+    graph["latent"]["inputs"]["pixels"] = ["two", 0]
+    with pytest.raises(runner.GraphError, match=r"KSampler\) failed.*EdichoAttentionWarp.*batch of 2 latents.*3 images"):
+        runner.run_graph(graph)
+
+
+def test_input_model_is_not_mutated(host, sd15_parts, pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    model = sd15_parts[0]
+    before = repr(model.model_options)
+    corr = Correspondence.identity(3, (32, 32), 0, (256, 256))
+    patched = pack("nodes.attention_warp").apply_attention_warp(model, corr, "output", 0.08, 0.8, 1.0, "warp")
+    patched = pack("nodes.noise_fuser").apply_noise_fuser(patched, corr, 0.8, 0.9, 0.08, 0.8, 0, "literal")
+    assert repr(model.model_options) == before
+    assert patched.model_options["transformer_options"]["patches_replace"]["attn1"]
+    assert patched.model_options["sampler_pre_cfg_function"]

@@ -1,0 +1,92 @@
+"""Corr-CFG: exact math against a plain computation, both readings of Eq. 9, invariants."""
+import pytest
+import torch
+
+from patch_reference import random_correspondence
+
+
+def make_fusion(pack, corr, lam=0.8, gamma=0.9, seed=3, reading="literal", sigma_range=(10.0, 1.0)):
+    fuser = pack("nodes.noise_fuser")
+    support = pack("nodes.patch_support")
+    step_range = pack("nodes.step_range").StepRange(*sigma_range)
+    return fuser.CorrCfgFusion(support.CorrespondenceOnDevice(corr), step_range, lam, gamma, seed, reading)
+
+
+def make_args(x, cond, uncond, sigma, schedule, cfg_uncond=True):
+    return {"conds": [["c"], ["u"] if cfg_uncond else None], "conds_out": [cond, uncond], "cond_scale": 7.0,
+            "timestep": sigma, "input": x, "sigma": sigma, "model": None,
+            "model_options": {"transformer_options": {"sample_sigmas": schedule}}}
+
+
+def plain_fused_eps(eps, corr, lam, mask):
+    """Eq. 7/8 position by position: (1 - lam) eps_u + lam Inj(warped ref eps_u, eps_u)."""
+    out = eps.clone()
+    b_count, channels, h, w = eps.shape
+    for b in range(b_count):
+        if b == corr.reference:
+            continue
+        for p in range(h * w):
+            y, x = divmod(p, w)
+            injected = eps[b, :, y, x]
+            if mask[b, p]:
+                ry, rx = divmod(int(corr.index[b, p]), w)
+                injected = eps[corr.reference, :, ry, rx]
+            out[b, :, y, x] = (1 - lam) * eps[b, :, y, x] + lam * injected
+    return out
+
+
+@pytest.mark.parametrize("reading", ["literal", "substituted"])
+@pytest.mark.parametrize("reference", [0, 1])
+def test_fusion_equals_plain_computation(pack, reading, reference):
+    kc = pack("kernels.correspondence")
+    injection_mask = pack("kernels.fusion").injection_mask
+    gen = torch.Generator().manual_seed(11 + reference)
+    corr = random_correspondence(kc.Correspondence, 3, (4, 5), reference, gen)
+    x, cond, uncond = (torch.randn(3, 4, 4, 5, generator=gen) for _ in range(3))
+    schedule = torch.tensor([14.0, 6.0, 3.0, 1.5, 0.0])
+    sigma = torch.full((3,), 3.0)
+    fused = make_fusion(pack, corr, seed=3, reading=reading)(make_args(x, cond, uncond, sigma, schedule))
+
+    step = 2  # sigma 3.0 is schedule[2]: the mask seed is seed + step
+    mask = injection_mask(corr.valid, 0.9, torch.Generator().manual_seed(3 + step))
+    eps_u = (x - uncond) / 3.0
+    eps_c = (x - cond) / 3.0
+    eps_u_fused = plain_fused_eps(eps_u, corr, 0.8, mask)
+    torch.testing.assert_close(fused[1], x - 3.0 * eps_u_fused, rtol=1e-5, atol=1e-5)
+    s = 7.0
+    guided = fused[1] + s * (fused[0] - fused[1])  # what the host's CFG does with the list
+    if reading == "literal":
+        expected_eps = eps_u_fused + s * (eps_c - eps_u)
+    else:
+        expected_eps = eps_u_fused + s * (eps_c - eps_u_fused)
+    torch.testing.assert_close(guided, x - 3.0 * expected_eps, rtol=1e-4, atol=1e-4)
+    # The reference row is never changed.
+    assert torch.equal(fused[1][reference], uncond[reference])
+
+
+@pytest.mark.parametrize("kwargs, sigma", [({"lam": 0.0}, 3.0), ({}, 20.0), ({}, 0.5)])
+def test_off_or_outside_the_range_returns_the_predictions_untouched(pack, kwargs, sigma):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    gen = torch.Generator().manual_seed(12)
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, gen)
+    x, cond, uncond = (torch.randn(3, 4, 4, 4, generator=gen) for _ in range(3))
+    out = make_fusion(pack, corr, **kwargs)(make_args(x, cond, uncond, torch.full((3,), sigma), torch.tensor([sigma, 0.0])))
+    assert out[0] is cond and out[1] is uncond
+
+
+def test_cfg_one_skips_the_uncond_pass_and_fusion_does_nothing(pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    gen = torch.Generator().manual_seed(13)
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, gen)
+    x, cond = (torch.randn(3, 4, 4, 4, generator=gen) for _ in range(2))
+    zeros = torch.zeros_like(x)
+    out = make_fusion(pack, corr)(make_args(x, cond, zeros, torch.full((3,), 3.0), torch.tensor([3.0, 0.0]), cfg_uncond=False))
+    assert out[0] is cond and out[1] is zeros
+
+
+def test_a_batch_that_is_not_the_correspondence_batch_is_a_clear_error(pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, torch.Generator().manual_seed(14))
+    x = torch.randn(2, 4, 4, 4)
+    with pytest.raises(ValueError, match="EdichoNoiseFuser.*batch of 2 latents.*3 images"):
+        make_fusion(pack, corr)(make_args(x, x, x, torch.full((2,), 3.0), torch.tensor([3.0, 0.0])))
