@@ -1,6 +1,7 @@
 """The pack's nodes, registered with the host through the V3 extension API."""
 from comfy_api.latest import ComfyExtension, io
 
+from .apply import EdichoApply
 from .attention_warp import EdichoAttentionWarp
 from .feature_extractor import EdichoFeatureExtractor
 from .matcher import EdichoMatcher
@@ -15,6 +16,7 @@ NODES = [
     EdichoTransferPoints,
     EdichoAttentionWarp,
     EdichoNoiseFuser,
+    EdichoApply,
 ]
 
 

@@ -30,7 +30,7 @@ def _one_call_sampler(model, x, sigmas, extra_args=None, callback=None, disable=
     return model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
 
 
-def _empty_conditioning(model):
+def empty_conditioning(model):
     """A zero text embedding (with a zero pooled vector for families that need one)."""
     config = model.model.model_config.unet_config
     context_dim = config.get("context_dim") or 768
@@ -120,7 +120,7 @@ class EdichoFeatureExtractor(io.ComfyNode):
         if images.shape[0] < 2:
             raise ValueError(f"{NODE}: got a batch of {images.shape[0]} image; Edicho needs at least 2 "
                              f"(a reference and a target). Batch the photos first (Edicho Batch Images).")
-        conditioning = conditioning if conditioning is not None else _empty_conditioning(model)
+        conditioning = conditioning if conditioning is not None else empty_conditioning(model)
         progress = comfy.utils.ProgressBar(ensemble)
         features, latent_grid = extract_features(model, vae, images, conditioning, timestep, up_level,
                                                  ensemble, seed, progress)

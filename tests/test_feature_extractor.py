@@ -9,7 +9,7 @@ def _extract(pack, parts, images, **kw):
     fe = pack("nodes.feature_extractor")
     model, _, vae = parts
     settings = dict(timestep=261, up_level=1, ensemble=1, seed=0) | kw
-    return fe.extract_features(model, vae, images, fe._empty_conditioning(model), **settings)
+    return fe.extract_features(model, vae, images, fe.empty_conditioning(model), **settings)
 
 
 @pytest.mark.parametrize("up_level, side", [(0, 8), (1, 16), (2, 32)])
@@ -29,7 +29,7 @@ def test_ensemble_mean_is_the_mean_of_single_draws(pack, sd15_parts, sample_imag
     fe = pack("nodes.feature_extractor")
     model, _, vae = sd15_parts
     mean, _ = _extract(pack, sd15_parts, sample_images, ensemble=3, seed=5)
-    single = fe.FeaturePass(model, vae, sample_images, fe._empty_conditioning(model), 261, 1)
+    single = fe.FeaturePass(model, vae, sample_images, fe.empty_conditioning(model), 261, 1)
     draws = [single(noise) for noise in fe.ensemble_noises(single.latent.shape, 3, 5)]
     torch.testing.assert_close(mean, sum(draws) / 3, rtol=0, atol=1e-6)
     assert not torch.equal(draws[0], draws[1])
