@@ -26,7 +26,6 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
     only on strictly greater values so ties keep the first index, exactly as torch.argmax.
     """
     n = target.shape[0]
-    best_sim = torch.empty(n, device=target.device, dtype=target.dtype)
     best_ref = torch.empty(n, device=target.device, dtype=torch.long)
     col_sim = torch.full((ref.shape[0],), float("-inf"), device=target.device, dtype=target.dtype)
     col_arg = torch.zeros(ref.shape[0], device=target.device, dtype=torch.long)
@@ -36,7 +35,6 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
         if ref_ok is not None:
             sim.masked_fill_(~ref_ok[None, :], float("-inf"))
         best_ref[start:stop] = sim.argmax(dim=1)
-        best_sim[start:stop] = sim.gather(1, best_ref[start:stop, None])[:, 0]
         if mutual:
             if target_ok is not None:
                 sim.masked_fill_(~target_ok[start:stop, None], float("-inf"))
@@ -45,6 +43,11 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
             better = value > col_sim
             col_sim = torch.where(better, value, col_sim)
             col_arg = torch.where(better, arg + start, col_arg)
+    # A matmul's last bits depend on the chunk's shape; the reported similarity is recomputed
+    # row by row so it is the same whatever the chunking.
+    best_sim = (target * ref[best_ref]).sum(dim=1)
+    if ref_ok is not None:
+        best_sim = best_sim.masked_fill(~ref_ok[best_ref], float("-inf"))
     return best_ref, best_sim, col_arg
 
 
