@@ -4,6 +4,8 @@ from einops import rearrange
 
 from .correspondence import Correspondence
 
+_SIMILARITY_BLOCK = 256
+
 
 def _check(features, reference, masks):
     if features.ndim != 4:
@@ -27,6 +29,7 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
     """
     n = target.shape[0]
     best_ref = torch.empty(n, device=target.device, dtype=torch.long)
+    best_sim = torch.empty(n, device=target.device, dtype=target.dtype)
     col_sim = torch.full((ref.shape[0],), float("-inf"), device=target.device, dtype=target.dtype)
     col_arg = torch.zeros(ref.shape[0], device=target.device, dtype=torch.long)
     for start in range(0, n, chunk):
@@ -43,9 +46,11 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
             better = value > col_sim
             col_sim = torch.where(better, value, col_sim)
             col_arg = torch.where(better, arg + start, col_arg)
-    # A matmul's last bits depend on the chunk's shape; the reported similarity is recomputed
-    # row by row so it is the same whatever the chunking.
-    best_sim = (target * ref[best_ref]).sum(dim=1)
+    # A matmul's last bits depend on the chunk's shape, so the similarity of each match is
+    # recomputed in fixed blocks of rows: the same numbers whatever `chunk` is.
+    for start in range(0, n, _SIMILARITY_BLOCK):
+        rows = slice(start, start + _SIMILARITY_BLOCK)
+        best_sim[rows] = (target[rows] * ref[best_ref[rows]]).sum(dim=1)
     if ref_ok is not None:
         best_sim = best_sim.masked_fill(~ref_ok[best_ref], float("-inf"))
     return best_ref, best_sim, col_arg
