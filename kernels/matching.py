@@ -39,10 +39,12 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
             sim.masked_fill_(~ref_ok[None, :], float("-inf"))
         best_ref[start:stop] = sim.argmax(dim=1)
         if mutual:
+            # An argmax over dim 0 allocates 8x the chunk on CUDA; a transposed copy costs 1x.
+            reverse = sim.T.contiguous()
             if target_ok is not None:
-                sim.masked_fill_(~target_ok[start:stop, None], float("-inf"))
-            arg = sim.argmax(dim=0)
-            value = sim.gather(0, arg[None, :])[0]
+                reverse.masked_fill_(~target_ok[None, start:stop], float("-inf"))
+            arg = reverse.argmax(dim=1)
+            value = reverse.gather(1, arg[:, None])[:, 0]
             better = value > col_sim
             col_sim = torch.where(better, value, col_sim)
             col_arg = torch.where(better, arg + start, col_arg)
