@@ -48,6 +48,9 @@ def _match_one(target, ref, ref_ok, target_ok, mutual, chunk):
             better = value > col_sim
             col_sim = torch.where(better, value, col_sim)
             col_arg = torch.where(better, arg + start, col_arg)
+            del reverse
+        # Free this chunk's matrix before the next one is allocated.
+        del sim
     # A matmul's last bits depend on the chunk's shape, so the similarity of each match is
     # recomputed in fixed blocks of rows: the same numbers whatever `chunk` is.
     for start in range(0, n, _SIMILARITY_BLOCK):

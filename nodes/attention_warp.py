@@ -7,7 +7,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from ..kernels.corr_attention import corr_attention_inputs
 from .layer_selection import parse_layers
 from .patch_support import CorrespondenceOnDevice, check_batch
-from .step_range import StepRange
+from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
 from .unet_layout import self_attention_layers, unet_of
 
@@ -28,9 +28,9 @@ class CorrAttentionPatch:
     still runs, on Edicho's inputs. Clones share one instance: it holds no per-clone state.
     """
 
-    def __init__(self, corr, step_range, strength, mode, inner=None):
+    def __init__(self, corr, gate, strength, mode, inner=None):
         self.corr = corr
-        self.step_range = step_range
+        self.gate = gate
         self.strength = strength
         self.mode = mode
         self.inner = inner or host_attention
@@ -42,7 +42,7 @@ class CorrAttentionPatch:
         return self
 
     def __call__(self, q, k, v, extra_options):
-        if self.strength == 0.0 or not self.step_range.contains(float(extra_options["sigmas"].max())):
+        if self.strength == 0.0 or not self.gate.active(extra_options["sigmas"]):
             return self.inner(q, k, v, extra_options)
         check_batch(NODE, self.corr.corr, q.shape[0], extra_options)
         h, w = extra_options["activations_shape"][-2:]
@@ -58,12 +58,12 @@ def apply_attention_warp(model, corr, layers, start_percent, end_percent, streng
     """A clone of `model` with Corr-Attention on the selected self-attention layers."""
     unet = unet_of(model, NODE)
     keys = parse_layers(layers, self_attention_layers(unet), NODE)
-    step_range = StepRange.from_percent(model, start_percent, end_percent, NODE)
+    gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
     shared = CorrespondenceOnDevice(corr)
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for key in keys:
-        patch = CorrAttentionPatch(shared, step_range, strength, mode, inner=existing.get(key))
+        patch = CorrAttentionPatch(shared, gate, strength, mode, inner=existing.get(key))
         patched.set_model_attn1_replace(patch, key[0], key[1], key[2])
     return patched
 

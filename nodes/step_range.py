@@ -20,3 +20,26 @@ class StepRange:
     def contains(self, sigma):
         """True when noise level `sigma` (a float) is inside the range, ends included."""
         return self.sigma_end <= sigma <= self.sigma_start
+
+
+class StepGate:
+    """Whether a patch is active for the model call in progress, decided once per call.
+
+    Every attention layer of one UNet call receives the same `sigmas` tensor; reading it costs a
+    device sync, so the answer is kept until a different tensor arrives. Shared by all the layers
+    a node patches, and by the model's clones.
+    """
+
+    def __init__(self, step_range):
+        self.step_range = step_range
+        self._sigmas = None
+        self._active = False
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def active(self, sigmas):
+        if sigmas is not self._sigmas:
+            self._active = self.step_range.contains(float(sigmas.max()))
+            self._sigmas = sigmas
+        return self._active

@@ -21,8 +21,9 @@ def extra_options(rows, grid, chunks, heads, dim, sigma=5.0, latent_grid=None):
 def make_patch(pack, corr, strength=1.0, mode="warp", sigma_range=(10.0, 1.0), inner=None):
     warp = pack("nodes.attention_warp")
     support = pack("nodes.patch_support")
-    step_range = pack("nodes.step_range").StepRange(*sigma_range)
-    return warp.CorrAttentionPatch(support.CorrespondenceOnDevice(corr), step_range, strength, mode, inner=inner)
+    steps = pack("nodes.step_range")
+    gate = steps.StepGate(steps.StepRange(*sigma_range))
+    return warp.CorrAttentionPatch(support.CorrespondenceOnDevice(corr), gate, strength, mode, inner=inner)
 
 
 @pytest.mark.parametrize("heads, dim", HEAD_CONFIGS)
