@@ -61,6 +61,7 @@ def apply_attention_warp(model, corr, layers, start_percent, end_percent, streng
     gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
     shared = CorrespondenceOnDevice(corr)
     patched = model.clone()
+    patched.set_model_emb_patch(gate)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for key in keys:
         patch = CorrAttentionPatch(shared, gate, strength, mode, inner=existing.get(key))

@@ -17,11 +17,11 @@ class CorrespondenceOnDevice:
         return self
 
     def at(self, device, grid):
-        key = (str(device), tuple(grid))
+        key = (device, grid[0], grid[1])
         copy = self._copies.get(key)
         if copy is None:
             with self._lock:
-                copy = resize_correspondence(self.corr, tuple(grid)).to(device)
+                copy = resize_correspondence(self.corr, (grid[0], grid[1])).to(device)
                 self._copies[key] = copy
         return copy
 

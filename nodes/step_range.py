@@ -26,8 +26,9 @@ class StepGate:
     """Whether a patch is active for the model call in progress, decided once per call.
 
     Every attention layer of one UNet call receives the same `sigmas` tensor; reading it costs a
-    device sync, so the answer is kept until a different tensor arrives. Shared by all the layers
-    a node patches, and by the model's clones.
+    device sync, so the answer is kept until a different tensor arrives. Set as the UNet's
+    emb_patch too, so that sync happens at the start of the call, not in the middle of the
+    queued decoder work. Shared by all the layers a node patches, and by the model's clones.
     """
 
     def __init__(self, step_range):
@@ -43,3 +44,7 @@ class StepGate:
             self._active = self.step_range.contains(float(sigmas.max()))
             self._sigmas = sigmas
         return self._active
+
+    def __call__(self, emb, model_channels, transformer_options):
+        self.active(transformer_options["sigmas"])
+        return emb
