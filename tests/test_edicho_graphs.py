@@ -40,6 +40,8 @@ def test_other_samplers_and_schedulers(host, tiny_sd15, sample_files, sampler, s
     assert torch.isfinite(result.output("decode")).all()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the host's own sampling is not bit-reproducible from "
+                    "one call to the next (fp16, cuDNN), so bit-identity is checked on the CPU")
 @pytest.mark.parametrize("start, end", [(0.3, 0.35), (1.0, 1.0)])
 def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tiny_sd15, sample_files, start, end):
     # Denoise 0.6 in 2 euler steps evaluates sigma 1.62 and 0.029; percent 0.30..0.35 is sigma

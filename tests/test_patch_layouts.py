@@ -85,8 +85,10 @@ def test_cond_and_uncond_in_separate_calls_give_the_same_result(pack, sd15_parts
                         lambda dev=None, torch_free_too=False: (1, 1) if torch_free_too else 1)
     apart = sample(model, latent, noise, conds, steps=1)
     assert set(recorder.layouts) == {1}
-    # Same math; the host's attention also chunks differently under low memory, hence rounding only.
-    assert (apart - together).abs().max() <= 1e-4 * together.abs().max()
+    # Same math; the host's attention also chunks differently under low memory, hence rounding
+    # only: float32 on the CPU, float16 on a GPU.
+    rounding = 1e-4 if sd15_parts[0].model.get_dtype() == torch.float32 else 1e-2
+    assert (apart - together).abs().max() <= rounding * together.abs().max()
 
 
 def test_more_than_two_cond_chunks(pack, sd15_parts, conds, sample_images, monkeypatch):
