@@ -7,6 +7,7 @@ adding SDXL or SD2.x means adding an entry to FAMILIES.
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -135,4 +136,9 @@ def ensure_checkpoint(family, folder, seed=SEED):
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"edicho_tiny": family, "seed": str(seed)})
     tmp.rename(path)
+    # Checkpoints of an older config of this family are never used again.
+    own_name = re.compile(rf"edicho-tiny-{re.escape(family)}-[0-9a-f]{{10}}\.safetensors")
+    for stale in folder.iterdir():
+        if stale != path and own_name.fullmatch(stale.name):
+            stale.unlink()
     return path

@@ -11,18 +11,21 @@ def injection_mask(valid, gamma, generator):
     return (draw < gamma).to(valid.device) & valid
 
 
-def fuse_uncond_eps(eps, corr, lam, gamma, generator):
+def fuse_uncond_eps(eps, corr, lam, mask):
     """eps' = (1 - lam) eps + lam Inj(warped reference eps, eps): `[B, C, H, W]` -> `[B, C, H, W]`.
 
-    `corr` must be on the grid (H, W). Positions not injected keep their own value exactly,
+    `corr` must be on the grid (H, W); `mask` `[B, H*W]` bool (see `injection_mask`) says where
+    the reference's value is injected. Positions not injected keep their own value exactly,
     as (1 - lam) e + lam e = e; the reference row is never changed.
     """
     if eps.ndim != 4 or tuple(eps.shape[-2:]) != tuple(corr.grid) or eps.shape[0] != corr.batch_size:
         raise ValueError(f"fuse_uncond_eps: eps must be [{corr.batch_size}, C, {corr.grid[0]}, {corr.grid[1]}], "
                          f"got {list(eps.shape)}")
+    if mask.shape != corr.valid.shape:
+        raise ValueError(f"fuse_uncond_eps: mask must be {list(corr.valid.shape)}, got {list(mask.shape)}")
     if lam == 0.0:
         return eps
-    mask = injection_mask(corr.valid, gamma, generator).to(eps.device)
+    mask = mask.to(eps.device)
     tokens = rearrange(eps, "b c h w -> b (h w) c")
     warped = warp_tokens(tokens[corr.reference], tokens, corr.index, mask)
     fused = torch.where(mask[..., None], torch.lerp(tokens, warped, lam), tokens)

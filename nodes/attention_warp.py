@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..kernels.corr_attention import corr_attention_inputs
+from ..kernels.corr_attention import gather_attention_inputs
 from .layer_selection import parse_layers
 from .patch_support import CorrespondenceOnDevice, check_batch
 from .step_range import StepGate, StepRange
@@ -42,12 +42,15 @@ class CorrAttentionPatch:
         return self
 
     def __call__(self, q, k, v, extra_options):
-        if self.strength == 0.0 or not self.gate.active(extra_options["sigmas"]):
+        if self.strength == 0.0 or not self.gate.update(extra_options["sigmas"]).is_active:
             return self.inner(q, k, v, extra_options)
         check_batch(NODE, self.corr.corr, q.shape[0], extra_options)
         h, w = extra_options["activations_shape"][-2:]
-        corr = self.corr.at(q.device, (h, w))
-        q2, k2, v2 = corr_attention_inputs(q, k, v, corr, mode=self.mode)
+        if q.shape[1] != h * w:
+            raise ValueError(f"{NODE}: this layer has {q.shape[1]} tokens for a {w}x{h} grid: another patch "
+                             f"(token merging such as ToMe?) changed them. Remove it or apply it after Edicho's layers.")
+        sources = self.corr.attention_sources(q.device, (h, w), len(extra_options["cond_or_uncond"]))
+        q2, k2, v2 = gather_attention_inputs(q, k, v, sources, mode=self.mode)
         out = self.inner(q2, k2, v2, extra_options)
         if self.strength < 1.0:
             out = torch.lerp(self.inner(q, k, v, extra_options), out, self.strength)

@@ -2,9 +2,9 @@
 import torch
 from comfy_api.latest import io
 
-from ..kernels.fusion import fuse_uncond_eps
+from ..kernels.fusion import fuse_uncond_eps, injection_mask
 from .patch_support import CorrespondenceOnDevice, check_grid
-from .step_range import StepRange
+from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
 from .unet_layout import unet_of
 
@@ -15,31 +15,37 @@ READINGS = ("literal", "substituted")
 class CorrCfgFusion:
     """Fuses each target's unconditional noise with the reference's, warped, in eps space."""
 
-    def __init__(self, corr, step_range, lam, gamma, seed, reading):
+    def __init__(self, corr, gate, lam, gamma, seed, reading):
         self.corr = corr
-        self.step_range = step_range
+        self.gate = gate
         self.lam = lam
         self.gamma = gamma
         self.seed = seed
         self.reading = reading
+        self._run = (None, None, None)
 
     def __deepcopy__(self, memo):
         return self
 
-    def step_index(self, sigma, model_options):
-        """Index of the schedule entry nearest to `sigma`: seeds the injection mask per step."""
-        schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
-        if schedule is None:
-            return 0
-        return int((schedule.float().cpu() - float(sigma.max())).abs().argmin())
+    def injection_masks(self, schedule, device):
+        """`[S, B, N]` bool: step i's injection mask drawn with seed + i, made once per sampling run."""
+        run_schedule, run_device, masks = self._run
+        if masks is None or run_schedule is not schedule or run_device != device:
+            steps = 1 if schedule is None else len(schedule)
+            valid = self.corr.corr.valid.cpu()
+            masks = torch.stack([injection_mask(valid, self.gamma, torch.Generator().manual_seed(self.seed + step))
+                                 for step in range(steps)]).to(device)
+            self._run = (schedule, device, masks)
+        return masks
 
     def __call__(self, args):
         conds_out = args["conds_out"]
         # cfg == 1: the host skipped the unconditional pass, and there is nothing to fuse.
         if self.lam == 0.0 or args["conds"][1] is None:
             return conds_out
+        schedule = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
         sigma = args["sigma"]
-        if not self.step_range.contains(float(sigma.max())):
+        if not self.gate.update(sigma, schedule).is_active:
             return conds_out
         x = args["input"]
         if x.shape[0] != self.corr.corr.batch_size:
@@ -47,12 +53,12 @@ class CorrCfgFusion:
                              f"built for {self.corr.corr.batch_size} images. Sample the same image batch that went "
                              f"into Edicho Matcher.")
         check_grid(NODE, self.corr.corr, x.shape[-2:])
+        masks = self.injection_masks(schedule, x.device)
+        mask = masks[min(self.gate.step, masks.shape[0] - 1)]
         cond, uncond = conds_out[0], conds_out[1]
         sig = sigma.reshape(-1, *([1] * (x.ndim - 1))).float()
         eps_u = (x.float() - uncond.float()) / sig
-        generator = torch.Generator().manual_seed(self.seed + self.step_index(sigma, args["model_options"]))
-        corr = self.corr.at(x.device, tuple(x.shape[-2:]))
-        fused = fuse_uncond_eps(eps_u, corr, self.lam, self.gamma, generator)
+        fused = fuse_uncond_eps(eps_u, self.corr.at(x.device, tuple(x.shape[-2:])), self.lam, mask)
         # u' = x - sigma eps_u' written as a change of u, so rows and positions left alone stay bit-exact.
         new_uncond = (uncond.float() - (fused - eps_u) * sig).to(uncond.dtype)
         if self.reading == "literal":
@@ -64,10 +70,10 @@ class CorrCfgFusion:
 def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed, reading):
     """A clone of `model` whose unconditional predictions are fused through the correspondence."""
     unet_of(model, NODE)
-    step_range = StepRange.from_percent(model, start_percent, end_percent, NODE)
+    gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
     patched = model.clone()
-    fusion = CorrCfgFusion(CorrespondenceOnDevice(corr), step_range, lam, gamma, seed, reading)
-    patched.set_model_sampler_pre_cfg_function(fusion)
+    patched.set_model_emb_patch(gate)
+    patched.set_model_sampler_pre_cfg_function(CorrCfgFusion(CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading))
     return patched
 
 

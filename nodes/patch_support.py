@@ -2,6 +2,7 @@
 step), and the checks that the batch being sampled is the one it was built for."""
 import threading
 
+from ..kernels.corr_attention import attention_sources
 from ..kernels.correspondence import resize_correspondence
 
 
@@ -11,19 +12,29 @@ class CorrespondenceOnDevice:
     def __init__(self, corr):
         self.corr = corr
         self._copies = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __deepcopy__(self, memo):
         return self
 
     def at(self, device, grid):
-        key = (device, grid[0], grid[1])
-        copy = self._copies.get(key)
-        if copy is None:
+        """The correspondence on `grid` (h, w), on `device`."""
+        return self._cached(("corr", device, grid[0], grid[1]),
+                            lambda: resize_correspondence(self.corr, (grid[0], grid[1])).to(device))
+
+    def attention_sources(self, device, grid, chunks):
+        """`kernels.corr_attention.attention_sources` for this grid and chunk count, on `device`."""
+        return self._cached(("sources", device, grid[0], grid[1], chunks),
+                            lambda: attention_sources(self.at(device, grid), chunks, device))
+
+    def _cached(self, key, make):
+        value = self._copies.get(key)
+        if value is None:
             with self._lock:
-                copy = resize_correspondence(self.corr, (grid[0], grid[1])).to(device)
-                self._copies[key] = copy
-        return copy
+                value = self._copies.get(key)
+                if value is None:
+                    value = self._copies[key] = make()
+        return value
 
 
 def check_batch(node, corr, rows, extra_options):

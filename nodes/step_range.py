@@ -23,28 +23,40 @@ class StepRange:
 
 
 class StepGate:
-    """Whether a patch is active for the model call in progress, decided once per call.
+    """Whether a patch is active for the model call in progress, and at which schedule step.
 
-    Every attention layer of one UNet call receives the same `sigmas` tensor; reading it costs a
-    device sync, so the answer is kept until a different tensor arrives. Set as the UNet's
-    emb_patch too, so that sync happens at the start of the call, not in the middle of the
-    queued decoder work. Shared by all the layers a node patches, and by the model's clones.
+    Every layer of one UNet call (and the pre-CFG step after it) receives the same `sigmas`
+    tensor; reading it costs a device sync, so the answer is kept until a different tensor
+    arrives. Set as the UNet's emb_patch, so that the sync happens at the start of the call
+    while the device is idle, not in the middle of queued work. Shared by all the layers a
+    node patches, and by the model's clones.
     """
 
     def __init__(self, step_range):
         self.step_range = step_range
+        self.is_active = False
+        self.step = 0
         self._sigmas = None
-        self._active = False
+        self._schedule = None
+        self._schedule_cpu = None
 
     def __deepcopy__(self, memo):
         return self
 
-    def active(self, sigmas):
-        if sigmas is not self._sigmas:
-            self._active = self.step_range.contains(float(sigmas.max()))
-            self._sigmas = sigmas
-        return self._active
+    def update(self, sigmas, schedule=None):
+        """Decide for the call that evaluates `sigmas`; `schedule` (sample_sigmas) gives the step."""
+        if sigmas is self._sigmas:
+            return self
+        sigma = float(sigmas.max())
+        self.is_active = self.step_range.contains(sigma)
+        if schedule is not None:
+            if schedule is not self._schedule:
+                self._schedule, self._schedule_cpu = schedule, schedule.float().cpu()
+            # Samplers that evaluate between schedule entries get the nearest step.
+            self.step = int((self._schedule_cpu - sigma).abs().argmin())
+        self._sigmas = sigmas
+        return self
 
     def __call__(self, emb, model_channels, transformer_options):
-        self.active(transformer_options["sigmas"])
+        self.update(transformer_options["sigmas"], transformer_options.get("sample_sigmas"))
         return emb

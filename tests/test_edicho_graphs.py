@@ -7,16 +7,16 @@ from graphs import edicho_img2img
 
 
 def _count_calls(monkeypatch, pack):
-    """Count Corr-Attention calls that were active, per layer key."""
+    """Count active Corr-Attention calls, per layer token count."""
     warp = pack("nodes.attention_warp")
     counts = {}
-    original = warp.corr_attention_inputs
+    original = warp.gather_attention_inputs
 
-    def counting(q, k, v, corr, mode):
+    def counting(q, k, v, sources, mode):
         counts[q.shape[1]] = counts.get(q.shape[1], 0) + 1
-        return original(q, k, v, corr, mode=mode)
+        return original(q, k, v, sources, mode=mode)
 
-    monkeypatch.setattr(warp, "corr_attention_inputs", counting)
+    monkeypatch.setattr(warp, "gather_attention_inputs", counting)
     return counts
 
 
@@ -49,6 +49,32 @@ def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tin
     graph = edicho_img2img(tiny_sd15, sample_files, steps=2, start_percent=start, end_percent=end)
     result = runner.run_graph(graph)
     assert torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the host's own sampling is not bit-reproducible from "
+                    "one call to the next (fp16, cuDNN), so bit-identity is checked on the CPU")
+def test_strength_zero_and_lambda_zero_sample_bit_identically_to_unpatched(host, tiny_sd15, sample_files):
+    graph = edicho_img2img(tiny_sd15, sample_files, steps=2)
+    graph["attention"]["inputs"]["strength"] = 0.0
+    graph["fuser"]["inputs"]["lam"] = 0.0
+    result = runner.run_graph(graph)
+    assert torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the host's own sampling is not bit-reproducible from "
+                    "one call to the next (fp16, cuDNN), so bit-identity is checked on the CPU")
+def test_removing_the_nodes_restores_plain_output(host, tiny_sd15, sample_files):
+    def plain_only():
+        graph = edicho_img2img(tiny_sd15, sample_files, steps=2)
+        graph["sample"]["inputs"]["model"] = ["ckpt", 0]
+        for node in ("attention", "fuser", "preview", "save_preview"):
+            graph.pop(node)
+        return graph
+
+    before = runner.run_graph(plain_only()).output("sample")["samples"]
+    runner.run_graph(edicho_img2img(tiny_sd15, sample_files, steps=2))
+    after = runner.run_graph(plain_only()).output("sample")["samples"]
+    assert torch.equal(before, after)
 
 
 def test_inside_the_step_range_sampling_changes(host, tiny_sd15, sample_files):

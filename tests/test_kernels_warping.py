@@ -83,8 +83,8 @@ def test_fuse_uncond_eps_matches_a_loop_and_lambda_zero_is_identity():
     g = torch.Generator().manual_seed(5)
     corr = translation(3, (4, 4), [(0, 1), (0, 0), (1, 0)], reference=1, image_size=(32, 32))
     eps = torch.randn(3, 4, 4, 4, generator=g)
-    out = fuse_uncond_eps(eps, corr, 0.8, 0.5, torch.Generator().manual_seed(6))
     mask = injection_mask(corr.valid, 0.5, torch.Generator().manual_seed(6))
+    out = fuse_uncond_eps(eps, corr, 0.8, mask)
     for b in range(3):
         for p in range(16):
             y, x = divmod(p, 4)
@@ -94,9 +94,11 @@ def test_fuse_uncond_eps_matches_a_loop_and_lambda_zero_is_identity():
                 torch.testing.assert_close(out[b, :, y, x], expected)
             else:
                 assert torch.equal(out[b, :, y, x], eps[b, :, y, x])
-    assert fuse_uncond_eps(eps, corr, 0.0, 0.9, torch.Generator()) is eps
+    assert fuse_uncond_eps(eps, corr, 0.0, mask) is eps
     with pytest.raises(ValueError, match="fuse_uncond_eps: eps must be"):
-        fuse_uncond_eps(eps[:, :, :2], corr, 0.8, 0.9, torch.Generator())
+        fuse_uncond_eps(eps[:, :, :2], corr, 0.8, mask)
+    with pytest.raises(ValueError, match="fuse_uncond_eps: mask must be"):
+        fuse_uncond_eps(eps, corr, 0.8, mask[:, :3])
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 3])

@@ -8,8 +8,9 @@ from patch_reference import random_correspondence
 def make_fusion(pack, corr, lam=0.8, gamma=0.9, seed=3, reading="literal", sigma_range=(10.0, 1.0)):
     fuser = pack("nodes.noise_fuser")
     support = pack("nodes.patch_support")
-    step_range = pack("nodes.step_range").StepRange(*sigma_range)
-    return fuser.CorrCfgFusion(support.CorrespondenceOnDevice(corr), step_range, lam, gamma, seed, reading)
+    steps = pack("nodes.step_range")
+    gate = steps.StepGate(steps.StepRange(*sigma_range))
+    return fuser.CorrCfgFusion(support.CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading)
 
 
 def make_args(x, cond, uncond, sigma, schedule, cfg_uncond=True):

@@ -45,19 +45,19 @@ def test_identity_correspondence_on_identical_images_changes_nothing(pack, sd15_
 
 
 class Recorder:
-    """Wraps corr_attention_inputs to record the chunk labels of every active call."""
+    """Wraps the attention-input gather to record how many cond chunks (of 3 images) each active call had."""
 
     def __init__(self, pack, monkeypatch):
         warp = pack("nodes.attention_warp")
         self.layouts = []
-        original = warp.corr_attention_inputs
+        original = warp.gather_attention_inputs
         recorder = self
 
-        def recording(q, k, v, corr, mode):
-            recorder.layouts.append(q.shape[0] // corr.batch_size)
-            return original(q, k, v, corr, mode=mode)
+        def recording(q, k, v, sources, mode):
+            recorder.layouts.append(q.shape[0] // 3)
+            return original(q, k, v, sources, mode=mode)
 
-        monkeypatch.setattr(warp, "corr_attention_inputs", recording)
+        monkeypatch.setattr(warp, "gather_attention_inputs", recording)
 
 
 def random_corr(pack, sd15_parts, sample_images):
