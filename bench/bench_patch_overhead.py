@@ -61,7 +61,7 @@ def main():
         images = group_of(args.size, args.batch)
         feats, latent_grid = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, 1, 1, 0)
         features = pack("nodes.types").DiftFeatures(feats, tuple(images.shape[1:3]), latent_grid, 1, 261)
-        corr = matcher.build_correspondence(features, 0, True, 0.0, 1024)
+        corr = matcher.build_correspondence(features, 0, True, 0.0, 512)
         patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")
         patched = fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
         latent = vae.encode(images)

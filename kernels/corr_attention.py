@@ -11,6 +11,8 @@ def attention_sources(corr, chunks, device=None):
     chunk's reference row); flattened query r*N + p is query query_source[r*N + p] of the
     flattened `[R*N, C]` queries (the reference's, warped, where the match is valid).
     """
+    if chunks < 1:
+        raise ValueError(f"attention_sources: chunks must be >= 1, got {chunks}")
     batch, tokens = corr.index.shape
     rows = torch.arange(chunks * batch, device=device)
     chunk_of, image_of = rows // batch, rows % batch
@@ -27,6 +29,11 @@ def gather_attention_inputs(q, k, v, sources, mode="warp"):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     row_source, query_source = sources
+    if not q.shape[0] == k.shape[0] == v.shape[0] == row_source.shape[0] \
+            or q.shape[0] * q.shape[1] != query_source.shape[0]:
+        raise ValueError(f"gather_attention_inputs: q, k, v must be [{row_source.shape[0]}, "
+                         f"{query_source.shape[0] // max(row_source.shape[0], 1)}, C] as the sources were made for, "
+                         f"got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
     k2, v2 = k.index_select(0, row_source), v.index_select(0, row_source)
     if mode == "share":
         return q, k2, v2

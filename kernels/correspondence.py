@@ -13,21 +13,25 @@ class Correspondence:
     index: torch.Tensor
     valid: torch.Tensor
     similarity: torch.Tensor
-    grid: tuple
+    grid: tuple[int, int]
     reference: int
-    image_size: tuple
+    image_size: tuple[int, int]
 
     def __post_init__(self):
         n = self.grid[0] * self.grid[1]
         for name in ("index", "valid", "similarity"):
             tensor = getattr(self, name)
-            if tensor.ndim != 2 or tensor.shape[1] != n:
+            if tensor.ndim != 2 or tensor.shape[1] != n or tensor.shape[0] != self.index.shape[0]:
                 raise ValueError(f"Correspondence.{name} must be [B, {n}] for grid {self.grid}, got {list(tensor.shape)}")
+        if self.index.dtype != torch.long or self.valid.dtype != torch.bool:
+            raise ValueError(f"Correspondence.index must be int64 and valid bool, got {self.index.dtype} and "
+                             f"{self.valid.dtype}")
         if not 0 <= self.reference < self.index.shape[0]:
             raise ValueError(f"Correspondence.reference {self.reference} is out of range for {self.index.shape[0]} images")
 
     @property
     def batch_size(self):
+        """B, the number of images (reference included)."""
         return self.index.shape[0]
 
     def to(self, device):
@@ -51,14 +55,17 @@ def _centres(size, device):
 
 
 def resize_correspondence(corr, grid):
-    """`corr` on another grid `(h, w)`, coarser or finer, any aspect.
+    """`corr` on another grid `(h, w)`, coarser or finer, any aspect: index, valid, similarity `[B, h*w]`.
 
     Features are resized bilinearly and normalised before matching; a finished correspondence
-    is resized as a flow instead: each new target cell takes the displacement (reference
-    position minus target position, in image-relative units) of the old cell under its
-    centre, and points to the new reference cell containing its own centre plus that
-    displacement. The identity stays the identity on every grid, and a translation by whole
-    cells of the coarser grid round-trips exactly.
+    is resized by nearest cell centres, as a flow: each new target cell takes the old cell under
+    its centre (its validity and similarity too) and that cell's displacement (matched reference
+    centre minus own centre, in image-relative units), and points to the new reference cell
+    containing its own centre plus that displacement. Mapping the matched reference centre
+    itself (without the displacement) would snap every upsampled match to one sub-cell and break
+    the identity; this way the identity stays the identity on every grid, and a translation by
+    whole cells of the coarser grid round-trips exactly (down then up by an integer scale).
+    The same grid returns `corr` itself.
     """
     grid = tuple(int(g) for g in grid)
     if len(grid) != 2 or min(grid) < 1:

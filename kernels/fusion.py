@@ -7,6 +7,10 @@ from .warping import warp_tokens
 
 def injection_mask(valid, gamma, generator):
     """A random fraction `gamma` of the valid positions: `[B, N]` bool -> `[B, N]` bool, drawn from `generator`."""
+    if valid.ndim != 2 or valid.dtype != torch.bool:
+        raise ValueError(f"injection_mask: valid must be a [B, N] bool tensor, got {valid.dtype} {list(valid.shape)}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"injection_mask: gamma must be in [0, 1], got {gamma}")
     draw = torch.rand(valid.shape, generator=generator, device=generator.device)
     return (draw < gamma).to(valid.device) & valid
 
@@ -15,8 +19,8 @@ def fuse_uncond_eps(eps, corr, lam, mask):
     """eps' = (1 - lam) eps + lam Inj(warped reference eps, eps): `[B, C, H, W]` -> `[B, C, H, W]`.
 
     `corr` must be on the grid (H, W); `mask` `[B, H*W]` bool (see `injection_mask`) says where
-    the reference's value is injected. Positions not injected keep their own value exactly,
-    as (1 - lam) e + lam e = e; the reference row is never changed.
+    the reference's value is injected (only where `corr` is valid, so never on the reference row).
+    Positions not injected keep their own value exactly, as (1 - lam) e + lam e = e.
     """
     if eps.ndim != 4 or tuple(eps.shape[-2:]) != tuple(corr.grid) or eps.shape[0] != corr.batch_size:
         raise ValueError(f"fuse_uncond_eps: eps must be [{corr.batch_size}, C, {corr.grid[0]}, {corr.grid[1]}], "
@@ -25,8 +29,9 @@ def fuse_uncond_eps(eps, corr, lam, mask):
         raise ValueError(f"fuse_uncond_eps: mask must be {list(corr.valid.shape)}, got {list(mask.shape)}")
     if lam == 0.0:
         return eps
-    mask = mask.to(eps.device)
+    mask = mask.to(eps.device) & corr.valid.to(eps.device)
     tokens = rearrange(eps, "b c h w -> b (h w) c")
     warped = warp_tokens(tokens[corr.reference], tokens, corr.index, mask)
-    fused = torch.where(mask[..., None], torch.lerp(tokens, warped, lam), tokens)
+    # Eq. 7/8 as written (not lerp), so a plain per-position computation matches it bit for bit.
+    fused = torch.where(mask[..., None], (1 - lam) * tokens + lam * warped, tokens)
     return rearrange(fused, "b (h w) c -> b c h w", h=eps.shape[-2])

@@ -42,7 +42,7 @@ class EdichoApply(io.ComfyNode):
         features, grid = extract_features(model, vae, images, empty_conditioning(model), PAPER["timestep"],
                                           PAPER["up_level"], PAPER["ensemble"], seed, progress)
         dift = DiftFeatures(features, tuple(images.shape[1:3]), grid, PAPER["up_level"], PAPER["timestep"])
-        corr = build_correspondence(dift, reference, True, 0.0, 1024)
+        corr = build_correspondence(dift, reference, True, 0.0, 512)
         patched = apply_attention_warp(model, corr, "output", PAPER["start_percent"], PAPER["end_percent"], 1.0, "warp")
         patched = apply_noise_fuser(patched, corr, PAPER["lam"], PAPER["gamma"], PAPER["start_percent"],
                                     PAPER["end_percent"], seed, "literal")

@@ -54,7 +54,7 @@ class EdichoMatcher(io.ComfyNode):
                                  tooltip="Keep only mutual nearest neighbours (target -> reference -> same target). Removes matches to things only one image has."),
                 io.Float.Input("min_similarity", default=0.0, min=-1.0, max=1.0, step=0.01,
                                tooltip="Matches with a lower cosine similarity are dropped (the target keeps its own values there)."),
-                io.Int.Input("chunk_size", default=1024, min=1, max=1 << 20,
+                io.Int.Input("chunk_size", default=512, min=1, max=1 << 20,
                              tooltip="Target positions matched at a time: peak memory grows with it. The default is as fast as all-at-once."),
                 io.Mask.Input("masks", optional=True,
                               tooltip="Optional: where matching is allowed (1) in each image, one mask per image or one for all, e.g. the subject."),

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from comfyui_edicho.kernels.correspondence import Correspondence
 from comfyui_edicho.kernels.features import prepare_features
-from comfyui_edicho.kernels.matching import match_features
+from comfyui_edicho.kernels.matching import ROW_BLOCK, match_features
 
 CELL, GRID = 4, 32
 SIZE = CELL * GRID
@@ -118,17 +118,69 @@ def random_features(batch, channels, h, w, seed):
     return F.normalize(torch.randn(batch, channels, h, w, generator=g), dim=1)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 100, 255, 256, 1000])
+def near_ties(features, rows, seed):
+    """`features` with the first `rows` image rows of every image set to one direction plus a few ulps of
+    noise per cell: their similarities differ in the last bits only, so any rounding difference
+    between chunkings would change the argmax."""
+    g = torch.Generator().manual_seed(seed)
+    batch, channels, _, w = features.shape
+    base = F.normalize(torch.randn(1, channels, 1, 1, generator=g), dim=1)
+    ulps = torch.randint(-3, 4, (batch, channels, rows, w), generator=g).float()
+    out = features.clone()
+    out[:, :, :rows] = base + ulps * torch.finfo(torch.float32).eps * base.abs()
+    return out
+
+
+H, W = 24, 30  # 720 positions: not a multiple of the row block
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, ROW_BLOCK, ROW_BLOCK + 1, H * W - 1, H * W, H * W + 1])
 @pytest.mark.parametrize("mutual", [True, False])
 def test_chunked_equals_all_at_once_exactly(chunk, mutual):
-    features = random_features(3, 32, 16, 16, seed=chunk)
-    masks = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(9)) > 0.2
-    for kwargs in ({}, {"masks": masks, "min_similarity": 0.1}):
+    features = near_ties(random_features(3, 64, H, W, seed=chunk), 12, seed=chunk)
+    masks = torch.rand(3, H, W, generator=torch.Generator().manual_seed(9)) > 0.2
+    for kwargs in ({"min_similarity": -1}, {"masks": masks, "min_similarity": 0.1}):
         naive = match_features(features, 1, mutual=mutual, chunk_size=None, **kwargs)
         chunked = match_features(features, 1, mutual=mutual, chunk_size=chunk, **kwargs)
         assert torch.equal(naive.index, chunked.index)
         assert torch.equal(naive.valid, chunked.valid)
         assert torch.equal(naive.similarity, chunked.similarity)
+        assert naive.valid.any()
+
+
+def plain_match(features, reference, mutual, min_similarity, masks):
+    """The definition, on the whole similarity matrix in float64: (index, valid) `[B, h*w]`."""
+    batch, _, h, w = features.shape
+    flat = features.double().flatten(2).transpose(1, 2)
+    ok = masks.flatten(1) if masks is not None else torch.ones(batch, h * w, dtype=torch.bool)
+    index = torch.arange(h * w).repeat(batch, 1)
+    valid = torch.zeros(batch, h * w, dtype=torch.bool)
+    for b in range(batch):
+        if b == reference:
+            continue
+        sim = (flat[b] @ flat[reference].T).masked_fill(~ok[reference][None, :], float("-inf"))
+        index[b] = sim.argmax(dim=1)
+        valid[b] = ok[b] & (sim.max(dim=1).values >= min_similarity) & ok[reference][index[b]]
+        if mutual:
+            back = sim.masked_fill(~ok[b][:, None], float("-inf")).argmax(dim=0)
+            valid[b] &= back[index[b]] == torch.arange(h * w)
+    return index, valid
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+@pytest.mark.parametrize("reference", [0, 2])
+def test_matches_the_definition_on_the_whole_matrix(mutual, reference):
+    # Features correlated with a shifted copy of the reference, so a good share of matches is mutual.
+    ref = random_features(1, 16, 20, 20, seed=10)
+    noisy = F.normalize(ref.roll(3, dims=-1) + 0.6 * random_features(3, 16, 20, 20, seed=11), dim=1)
+    features = torch.cat([noisy[:reference], ref, noisy[reference:]])[:3]
+    masks = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(12)) > 0.1
+    for kwargs in ({"masks": None, "min_similarity": 0.0}, {"masks": masks, "min_similarity": 0.3}):
+        corr = match_features(features, reference, mutual=mutual, chunk_size=ROW_BLOCK, **kwargs)
+        index, valid = plain_match(features, reference, mutual, **kwargs)
+        assert torch.equal(corr.index, index)
+        assert torch.equal(corr.valid, valid)
+        assert 0.2 < valid.float().mean() < 0.9
 
 
 def test_reference_row_is_identity_and_invalid():

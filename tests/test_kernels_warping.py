@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from comfyui_edicho.kernels.corr_attention import corr_attention_inputs
+from comfyui_edicho.kernels.corr_attention import attention_sources, corr_attention_inputs, gather_attention_inputs
 from comfyui_edicho.kernels.correspondence import Correspondence, resize_correspondence
 from comfyui_edicho.kernels.fusion import fuse_uncond_eps, injection_mask
 from comfyui_edicho.kernels.warping import warp_images, warp_tokens
@@ -60,6 +60,21 @@ def test_warp_tokens_matches_a_loop():
             assert torch.equal(out[b, p], ref[index[b, p]] if valid[b, p] else tokens[b, p])
 
 
+def test_warp_images_matches_a_loop_at_pixel_resolution():
+    g = torch.Generator().manual_seed(8)
+    images = torch.rand(3, 2, 6, 5, generator=g)
+    index, valid = torch.randint(0, 30, (3, 30), generator=g), torch.rand(3, 30, generator=g) > 0.3
+    valid[2] = False
+    out = warp_images(images, Correspondence(index, valid, torch.ones(3, 30), (6, 5), 2, (6, 5)))
+    for b in range(3):
+        for y in range(6):
+            for x in range(5):
+                p = y * 5 + x
+                ry, rx = divmod(int(index[b, p]), 5)
+                expected = images[2, :, ry, rx] if valid[b, p] else images[b, :, y, x]
+                assert torch.equal(out[b, :, y, x], expected)
+
+
 def test_warp_images_moves_pixels_by_the_translation():
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     corr = translation(2, (8, 8), [(0, 0), (1, -2)])
@@ -84,14 +99,16 @@ def test_fuse_uncond_eps_matches_a_loop_and_lambda_zero_is_identity():
     corr = translation(3, (4, 4), [(0, 1), (0, 0), (1, 0)], reference=1, image_size=(32, 32))
     eps = torch.randn(3, 4, 4, 4, generator=g)
     mask = injection_mask(corr.valid, 0.5, torch.Generator().manual_seed(6))
-    out = fuse_uncond_eps(eps, corr, 0.8, mask)
+    assert mask.any()
+    # A mask that also marks invalid cells and the reference row injects nothing more.
+    out = fuse_uncond_eps(eps, corr, 0.8, mask | ~corr.valid)
     for b in range(3):
         for p in range(16):
             y, x = divmod(p, 4)
             if mask[b, p]:
                 ry, rx = divmod(int(corr.index[b, p]), 4)
-                expected = 0.2 * eps[b, :, y, x] + 0.8 * eps[1, :, ry, rx]
-                torch.testing.assert_close(out[b, :, y, x], expected)
+                expected = (1 - 0.8) * eps[b, :, y, x] + 0.8 * eps[1, :, ry, rx]
+                assert torch.equal(out[b, :, y, x], expected)
             else:
                 assert torch.equal(out[b, :, y, x], eps[b, :, y, x])
     assert fuse_uncond_eps(eps, corr, 0.0, mask) is eps
@@ -129,3 +146,28 @@ def test_corr_attention_inputs_refuse_mismatched_batches_and_modes():
         corr_attention_inputs(q, q, q, corr)
     with pytest.raises(ValueError, match="mode must be one of"):
         corr_attention_inputs(torch.randn(3, 4, 8), q[:3], q[:3], corr, mode="warp_outputs")
+
+
+def test_kernels_refuse_inconsistent_shapes():
+    corr = Correspondence.identity(2, (2, 2), 0, (16, 16))
+    with pytest.raises(ValueError, match="index must be int64 and valid bool"):
+        Correspondence(corr.index.int(), corr.valid, corr.similarity, (2, 2), 0, (16, 16))
+    with pytest.raises(ValueError, match=r"valid must be \[B, 4\]"):
+        Correspondence(corr.index, corr.valid[:1], corr.similarity, (2, 2), 0, (16, 16))
+    with pytest.raises(ValueError, match="reference 2 is out of range"):
+        Correspondence(corr.index, corr.valid, corr.similarity, (2, 2), 2, (16, 16))
+    with pytest.raises(ValueError, match="grid must be two positive sizes"):
+        resize_correspondence(corr, (0, 4))
+    with pytest.raises(ValueError, match="warp_tokens: expected"):
+        warp_tokens(torch.zeros(4, 3), torch.zeros(2, 5, 3), corr.index, corr.valid)
+    with pytest.raises(ValueError, match="warp_images: expected"):
+        warp_images(torch.zeros(3, 1, 8, 8), corr)
+    with pytest.raises(ValueError, match="injection_mask: gamma"):
+        injection_mask(corr.valid, 1.5, torch.Generator())
+    with pytest.raises(ValueError, match="injection_mask: valid"):
+        injection_mask(corr.valid.float(), 0.5, torch.Generator())
+    q = torch.zeros(4, 4, 8)
+    with pytest.raises(ValueError, match="chunks must be >= 1"):
+        attention_sources(corr, 0)
+    with pytest.raises(ValueError, match="gather_attention_inputs: q, k, v must be"):
+        gather_attention_inputs(q, q, q, attention_sources(corr, 1))
