@@ -5,6 +5,7 @@ import torch
 import runner
 from graphs import txt2img
 
+
 def test_host_loads_the_pack_without_import_failure(host):
     assert host.pack_import_errors == []
     assert host.pack_module is not None
