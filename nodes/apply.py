@@ -4,7 +4,7 @@ from comfy_api.latest import io
 import comfy.utils
 
 from .attention_warp import apply_attention_warp
-from .feature_extractor import empty_conditioning, extract_features
+from .feature_extractor import batch_of, empty_conditioning, extract_features
 from .matcher import build_correspondence
 from .noise_fuser import apply_noise_fuser
 from .types import CorrespondenceType, DiftFeatures
@@ -35,9 +35,7 @@ class EdichoApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, images, reference, seed) -> io.NodeOutput:
-        if images.shape[0] < 2:
-            raise ValueError(f"{NODE}: got a batch of {images.shape[0]} image; Edicho needs at least 2 "
-                             f"(a reference and a target). Batch the photos first.")
+        images = batch_of([images], NODE)
         progress = comfy.utils.ProgressBar(PAPER["ensemble"])
         features, grid = extract_features(model, vae, images, empty_conditioning(model), PAPER["timestep"],
                                           PAPER["up_level"], PAPER["ensemble"], seed, progress)

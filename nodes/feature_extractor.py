@@ -89,16 +89,16 @@ def extract_features(model, vae, images, conditioning, timestep, up_level, ensem
     return total / ensemble, tuple(feature_pass.latent.shape[-2:])
 
 
-def batch_of(images):
-    """IMAGE batches, or a list of them (one per photo) -> one IMAGE batch, or a clear error."""
+def batch_of(images, node=NODE):
+    """A list of IMAGE batches (e.g. one per photo) -> one IMAGE batch of at least 2, or a clear error."""
     sizes = sorted({(int(i.shape[2]), int(i.shape[1])) for i in images})
     if len(sizes) > 1:
         listed = ", ".join(f"{w}x{h}" for w, h in sizes)
-        raise ValueError(f"{NODE}: the photos have different sizes ({listed}). Bring them to one size first "
+        raise ValueError(f"{node}: the photos have different sizes ({listed}). Bring them to one size first "
                          f"(e.g. Upscale Image to the same width and height), then batch them.")
     batch = torch.cat(list(images)) if len(images) > 1 else images[0]
     if batch.shape[0] < 2:
-        raise ValueError(f"{NODE}: got a batch of {batch.shape[0]} image; Edicho needs at least 2 "
+        raise ValueError(f"{node}: got a batch of {batch.shape[0]} image; Edicho needs at least 2 "
                          f"(a reference and a target). Batch the photos first (Batch Images).")
     return batch
 

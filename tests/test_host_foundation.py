@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import runner
+import tiny_checkpoints
 from graphs import txt2img
 
 
@@ -25,7 +26,7 @@ def test_host_lists_every_node_the_pack_registers(host):
 def test_tiny_sd15_is_detected_as_sd15_and_samples_a_batch_of_three(host, tiny_sd15):
     result = runner.run_graph(txt2img(tiny_sd15, batch=3, steps=2))
     model = result.output("ckpt", 0)
-    assert type(model.model.model_config).__name__ == "SD15"
+    assert type(model.model.model_config).__name__ == tiny_checkpoints.FAMILIES["sd15"]["expected_model_type"] == "SD15"
     images = result.output("decode")
     assert images.shape == (3, 256, 256, 3)
     assert torch.isfinite(images).all()
