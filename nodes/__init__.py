@@ -3,6 +3,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply import EdichoApply
 from .attention_warp import EdichoAttentionWarp
+from .batch_images import EdichoBatchImages, EdichoRestoreImages
 from .feature_extractor import EdichoFeatureExtractor
 from .matcher import EdichoMatcher
 from .noise_fuser import EdichoNoiseFuser
@@ -17,6 +18,8 @@ NODES = [
     EdichoAttentionWarp,
     EdichoNoiseFuser,
     EdichoApply,
+    EdichoBatchImages,
+    EdichoRestoreImages,
 ]
 
 

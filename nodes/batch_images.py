@@ -1,0 +1,124 @@
+"""EdichoBatchImages / EdichoRestoreImages: photos of any sizes in, one batch for the model, each
+photo back at its own size out."""
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..kernels.layout import FITS, common_size, place, unplace
+
+BATCH_NODE = "EdichoBatchImages"
+RESTORE_NODE = "EdichoRestoreImages"
+MAX_PHOTOS = 8
+Layout = io.Custom("EDICHO_LAYOUT")
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where each photo went on the common canvas, and the photos and masks as they came in."""
+    size: tuple
+    boxes: tuple
+    originals: tuple  # IMAGE [1, h, w, C] each
+    masks: tuple  # MASK [h, w] each, or None where none was given
+
+
+def batch_photos(photos, masks, megapixels, multiple, fit):
+    """Photos `[1, h, w, C]` (and masks `[h, w]` or None) -> IMAGE `[B, H, W, C]`, MASK `[B, H, W]`, BatchLayout."""
+    size = common_size(tuple(photos[0].shape[1:3]), megapixels, multiple)
+    images, placed_masks, boxes = [], [], []
+    for photo, mask in zip(photos, masks):
+        canvas, box = place(photo[0].movedim(-1, 0), size, fit)
+        full = torch.ones(photo.shape[1:3]) if mask is None else mask
+        placed_mask, _ = place(full[None].float(), size, fit)
+        images.append(canvas.movedim(0, -1))
+        placed_masks.append(placed_mask[0])
+        boxes.append(box)
+    layout = BatchLayout(size, tuple(boxes), tuple(photos), tuple(masks))
+    return torch.stack(images), torch.stack(placed_masks), layout
+
+
+def restore_photos(images, layout, paste):
+    """Edited IMAGE `[B, H, W, C]` -> one IMAGE `[1, h, w, C]` per photo at its original size.
+
+    With `paste`, only the photo's mask (all of it where none was given) takes the edit; the rest,
+    and anything the canvas cropped away, is the untouched original.
+    """
+    restored = []
+    for edited, box, original, mask in zip(images, layout.boxes, layout.originals, layout.masks):
+        photo, covered = unplace(edited.movedim(-1, 0), box, tuple(original.shape[1:3]))
+        photo = photo.movedim(0, -1)
+        keep_edit = covered if mask is None else covered & (mask.to(covered.device) > 0.5)
+        if paste:
+            photo = torch.where(keep_edit[..., None], photo, original[0].to(photo))
+        restored.append(photo[None].clamp(0, 1))
+    return restored
+
+
+class EdichoBatchImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        photos = [io.Image.Input(f"image_{i}", optional=i > 2,
+                                 tooltip="A photo of the group, any size." + (" Image 1 is the reference." if i == 1 else ""))
+                  for i in range(1, MAX_PHOTOS + 1)]
+        masks = [io.Mask.Input(f"mask_{i}", optional=True, tooltip=f"Optional mask of image {i} (the region to edit).")
+                 for i in range(1, MAX_PHOTOS + 1)]
+        return io.Schema(
+            node_id=BATCH_NODE,
+            display_name="Edicho Batch Images",
+            category="edicho/images",
+            description="Brings photos of different sizes and aspect ratios to one size for the model, as one "
+                        "batch (with masks); Edicho Restore Images puts each back at its own size.",
+            inputs=[*photos, *masks,
+                    io.Float.Input("megapixels", default=0.26, min=0.01, max=16.0, step=0.01,
+                                   tooltip="Pixels of the common size, in millions (0.26 = 512x512 for a square reference; 1.0 for SDXL)."),
+                    io.Int.Input("multiple", default=64, min=8, max=256, step=8,
+                                 tooltip="Both sides of the common size are multiples of this (64 suits SD latents and attention grids)."),
+                    io.Combo.Input("fit", options=list(FITS), default="letterbox",
+                                   tooltip="letterbox: each whole photo fits, padded with black. crop: each photo fills the frame, edges cut (restored from the original).")],
+            outputs=[io.Image.Output(display_name="images"), io.Mask.Output(display_name="masks"),
+                     Layout.Output(display_name="layout")],
+        )
+
+    @classmethod
+    def execute(cls, image_1, image_2, megapixels, multiple, fit, **optional) -> io.NodeOutput:
+        photos, masks = [], []
+        for i in range(1, MAX_PHOTOS + 1):
+            photo = image_1 if i == 1 else image_2 if i == 2 else optional.get(f"image_{i}")
+            mask = optional.get(f"mask_{i}")
+            if photo is None:
+                if mask is not None:
+                    raise ValueError(f"{BATCH_NODE}: mask_{i} is connected but image_{i} is not. Connect the photo too.")
+                continue
+            for single in photo.split(1):
+                if mask is not None and tuple(mask.shape[-2:]) != tuple(single.shape[1:3]):
+                    raise ValueError(f"{BATCH_NODE}: mask_{i} is {mask.shape[-1]}x{mask.shape[-2]} but image_{i} is "
+                                     f"{single.shape[2]}x{single.shape[1]}. Use the mask drawn on that photo.")
+                photos.append(single)
+                masks.append(None if mask is None else mask.reshape(-1, *mask.shape[-2:])[0])
+        return io.NodeOutput(*batch_photos(photos, masks, megapixels, multiple, fit))
+
+
+class EdichoRestoreImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=RESTORE_NODE,
+            display_name="Edicho Restore Images",
+            category="edicho/images",
+            description="Each edited photo back at its original size and aspect (a list of images).",
+            inputs=[
+                io.Image.Input("images", tooltip="The edited batch, as sampled and decoded."),
+                Layout.Input("layout", tooltip="From Edicho Batch Images."),
+                io.Boolean.Input("paste", default=True,
+                                 tooltip="Paste the edit into the untouched original: only the masked region (all of it without a mask) changes."),
+            ],
+            outputs=[io.Image.Output(display_name="images", is_output_list=True)],
+        )
+
+    @classmethod
+    def execute(cls, images, layout, paste) -> io.NodeOutput:
+        if images.shape[0] != len(layout.boxes) or tuple(images.shape[1:3]) != tuple(layout.size):
+            raise ValueError(f"{RESTORE_NODE}: got {images.shape[0]} images of {images.shape[2]}x{images.shape[1]} "
+                             f"but the layout is for {len(layout.boxes)} of {layout.size[1]}x{layout.size[0]}. Connect "
+                             f"the batch that came from the same Edicho Batch Images.")
+        return io.NodeOutput(restore_photos(images, layout, paste))
