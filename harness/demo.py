@@ -73,6 +73,7 @@ def main():
     graph = json.loads(WORKFLOW.read_text())
     for node, name in zip(("load_a", "load_b", "load_c"), names):
         graph[node]["inputs"]["image"] = name
+    graph["images"]["inputs"]["megapixels"] = size * size / 1e6
     graph["ckpt"]["inputs"]["ckpt_name"] = ckpt.name
     for sampler in ("sample", "sample_plain"):
         graph[sampler]["inputs"]["steps"] = steps

@@ -27,6 +27,7 @@ def edicho_img2img(ckpt_name, image_names, *, steps=3, ensemble=1, sampler="eule
     graph = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "edicho_img2img.json").read_text())
     for node, name in zip(("load_a", "load_b", "load_c"), image_names):
         graph[node]["inputs"]["image"] = name
+    graph["images"]["inputs"]["megapixels"] = 0.066  # 256x256
     graph["ckpt"]["inputs"]["ckpt_name"] = ckpt_name
     graph["features"]["inputs"]["ensemble"] = ensemble
     for node in ("attention", "fuser"):
