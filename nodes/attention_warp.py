@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..kernels.corr_attention import gather_attention_inputs
+from ..kernels.corr_attention import MODES, gather_attention_inputs
 from .layer_selection import parse_layers
 from .patch_support import CorrespondenceOnDevice, check_batch
 from .step_range import StepGate, StepRange
@@ -12,7 +12,6 @@ from .types import CorrespondenceType
 from .unet_layout import self_attention_layers, unet_of
 
 NODE = "EdichoAttentionWarp"
-MODES = ("warp", "share")
 
 
 def host_attention(q, k, v, extra_options):
