@@ -55,6 +55,13 @@ FAMILIES = {
         "vae": "taesd",
         "expected_model_type": "SD15",
     },
+    "sd15-inpaint": {
+        # The inpainting UNet: 4 latent + 1 mask + 4 masked-image channels in.
+        "unet": SD15_TINY_UNET | {"in_channels": 9},
+        "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],
+        "vae": "taesd",
+        "expected_model_type": "SD15",
+    },
     "sd15-full": {
         "unet": SD15_FULL_UNET,
         "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],

@@ -80,3 +80,11 @@ def sample_files(host):
     import sample_photos
 
     return sample_photos.write_sample_group(host.base_directory / "input", 256)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_inpaint(host):
+    """File name of the tiny SD1.x inpainting checkpoint (9 input channels)."""
+    import tiny_checkpoints
+
+    return link_checkpoint(host, tiny_checkpoints.ensure_checkpoint("sd15-inpaint", CACHE / "checkpoints"))

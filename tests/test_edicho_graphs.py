@@ -100,3 +100,23 @@ def test_input_model_is_not_mutated(host, sd15_parts, pack):
     assert repr(model.model_options) == before
     assert patched.model_options["transformer_options"]["patches_replace"]["attn1"]
     assert patched.model_options["sampler_pre_cfg_function"]
+
+
+def test_inpainting_model_graph_with_a_mask_carried_from_the_reference(host, tiny_sd15_inpaint, sample_files):
+    # The paper's local-edit setting: a mask drawn once on the reference, carried to every photo by
+    # EdichoTransferPoints, an inpainting UNet, both patches.
+    graph = edicho_img2img(tiny_sd15_inpaint, sample_files, steps=2)
+    graph["drawn"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 256, "height": 256}}
+    graph["square"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 96, "height": 96}}
+    graph["mask"] = {"class_type": "MaskComposite", "inputs": {"destination": ["drawn", 0], "source": ["square", 0],
+                                                               "x": 80, "y": 80, "operation": "add"}}
+    graph["masks"] = {"class_type": "EdichoTransferPoints", "inputs": {"correspondence": ["correspondence", 0],
+                                                                      "mask": ["mask", 0], "grow": 8}}
+    graph["latent"] = {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["images", 0], "vae": ["ckpt", 2],
+                                                                      "mask": ["masks", 0], "grow_mask_by": 6}}
+    result = runner.run_graph(graph)
+    model = result.output("ckpt", 0)
+    assert model.model.diffusion_model.input_blocks[0][0].in_channels == 9
+    assert result.output("masks").shape == (3, 256, 256)
+    assert torch.isfinite(result.output("decode")).all()
+    assert not torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
