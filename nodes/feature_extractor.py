@@ -123,7 +123,7 @@ class EdichoFeatureExtractor(io.ComfyNode):
                              tooltip="Decoder level whose output is the feature (DIFT up_ft_index; 1 = 1/16 of the image side on SD1.x/SD2.x)."),
                 io.Int.Input("ensemble", default=8, min=1, max=64,
                              tooltip="Noise draws averaged (DIFT: 8). Fewer is faster, noisier."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the noise draws: the same seed gives the same features."),
             ],
             outputs=[Features.Output(display_name="features")],

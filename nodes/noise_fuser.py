@@ -97,7 +97,7 @@ class EdichoNoiseFuser(io.ComfyNode):
                                tooltip="Start of the active range, in percent of denoising (paper: step 4 of 50 = 0.08)."),
                 io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,
                                tooltip="End of the active range (paper: step 40 of 50 = 0.80)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the random injection mask (a new mask each step, the same for a given seed)."),
                 io.Combo.Input("reading", options=list(READINGS), default="literal",
                                tooltip="literal (Eq. 9): eps_u' + s(eps_c - eps_u). substituted: eps_u' + s(eps_c - eps_u'), which also pulls the guidance."),
