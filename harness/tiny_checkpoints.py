@@ -48,26 +48,56 @@ SD15_FULL_UNET = SD15_TINY_UNET | {
     "transformer_depth_middle": 1,
 }
 
+# SDXL detection fixes model_channels=320, context_dim=2048, adm_in_channels=2816, linear proj_in
+# and the input transformer depths [0, 0, 2, 2, 10, 10] (2 res blocks on 3 levels); channel_mult,
+# the middle and the output depths are free. This keeps the real shape (attention on the two
+# deeper levels, decoder self-attention in output blocks 0-5 at 1/32 and 1/16 of the image) at
+# width 320 with decoder depths 2 and 1 instead of 10 and 2.
+SDXL_TINY_UNET = SD15_TINY_UNET | {
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 1, 1],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_heads": -1,
+    "num_head_channels": 64,
+}
+
+# SD2.x detection fixes model_channels=320, context_dim=1024, linear proj_in and no label_emb.
+# The host tells v-prediction from eps by the spread of output block 11's first norm bias, so
+# this keeps SD2's real shape (2 res blocks on 4 levels, attention on the three shallower ones)
+# at width 320.
+SD2_TINY_UNET = SD15_TINY_UNET | {
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_linear_in_transformer": True,
+    "context_dim": 1024,
+    "num_heads": -1,
+    "num_head_channels": 64,
+}
+SD2_V_MARKER = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+
+# Text encoders are named as the host names them (clip_l, clip_g, clip_h) with its own config
+# files; the family's host class writes them in the checkpoint's layout.
+SD1_TEXT = {"clip_l": "sd1_clip_config.json"}
+SD2_TEXT = {"clip_h": "text_encoders/sd2_clip_config.json"}
+SDXL_TEXT = {"clip_l": "sd1_clip_config.json", "clip_g": "clip_config_bigg.json"}
+
 FAMILIES = {
-    "sd15": {
-        "unet": SD15_TINY_UNET,
-        "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],
-        "vae": "taesd",
-        "expected_model_type": "SD15",
-    },
-    "sd15-inpaint": {
-        # The inpainting UNet: 4 latent + 1 mask + 4 masked-image channels in.
-        "unet": SD15_TINY_UNET | {"in_channels": 9},
-        "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],
-        "vae": "taesd",
-        "expected_model_type": "SD15",
-    },
-    "sd15-full": {
-        "unet": SD15_FULL_UNET,
-        "text_encoders": [{"config": "sd1_clip_config.json", "prefix": "cond_stage_model.transformer."}],
-        "vae": "taesd",
-        "expected_model_type": "SD15",
-    },
+    "sd15": {"unet": SD15_TINY_UNET, "text_encoders": SD1_TEXT, "vae": "taesd", "expected_model_type": "SD15"},
+    # The inpainting UNet: 4 latent + 1 mask + 4 masked-image channels in.
+    "sd15-inpaint": {"unet": SD15_TINY_UNET | {"in_channels": 9}, "text_encoders": SD1_TEXT, "vae": "taesd",
+                     "expected_model_type": "SD15"},
+    "sd15-full": {"unet": SD15_FULL_UNET, "text_encoders": SD1_TEXT, "vae": "taesd", "expected_model_type": "SD15"},
+    "sd2": {"unet": SD2_TINY_UNET, "text_encoders": SD2_TEXT, "vae": "taesd", "expected_model_type": "SD20"},
+    "sd2-v": {"unet": SD2_TINY_UNET, "text_encoders": SD2_TEXT, "vae": "taesd", "expected_model_type": "SD20",
+              "spread": {SD2_V_MARKER: 0.2}},
+    "sdxl": {"unet": SDXL_TINY_UNET, "text_encoders": SDXL_TEXT, "vae": "taesd", "expected_model_type": "SDXL"},
 }
 
 SEED = 20241231
@@ -82,9 +112,9 @@ def _host_modules(spec):
 
     comfy_dir = Path(comfy.clip_model.__file__).parent
     parts = [("model.diffusion_model.", UNetModel(**spec["unet"], device="meta", operations=comfy.ops.disable_weight_init))]
-    for enc in spec["text_encoders"]:
-        config = json.loads((comfy_dir / enc["config"]).read_text())
-        parts.append((enc["prefix"], comfy.clip_model.CLIPTextModel(config, torch.float32, "meta", comfy.ops.manual_cast)))
+    for name, config_file in spec["text_encoders"].items():
+        config = json.loads((comfy_dir / config_file).read_text())
+        parts.append((f"{name}.transformer.", comfy.clip_model.CLIPTextModel(config, torch.float32, "meta", comfy.ops.manual_cast)))
     if spec["vae"] == "taesd":
         with torch.device("meta"):
             parts.append(("first_stage_model.", comfy.taesd.taesd.TAESD()))
@@ -108,12 +138,19 @@ def _init_tensor(name, shape, generator):
 
 def build_state_dict(family, seed=SEED):
     """The whole checkpoint state dict for `family`, seeded."""
+    import comfy.supported_models
+
     spec = FAMILIES[family]
     generator = torch.Generator().manual_seed(seed)
-    state = {}
+    state, text = {}, {}
     for prefix, module in _host_modules(spec):
         for name, tensor in module.state_dict().items():
-            state[prefix + name] = _init_tensor(prefix + name, tuple(tensor.shape), generator)
+            target = text if prefix.startswith(tuple(spec["text_encoders"])) else state
+            target[prefix + name] = _init_tensor(prefix + name, tuple(tensor.shape), generator)
+    host_class = getattr(comfy.supported_models, spec["expected_model_type"])
+    state.update(host_class(spec["unet"]).process_clip_state_dict_for_saving(text))
+    for key, std in spec.get("spread", {}).items():
+        state[key] = torch.randn(state[key].shape, generator=generator) * std
     return state
 
 
