@@ -59,7 +59,7 @@ def main():
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         images = group_of(args.size, args.batch)
-        feats, latent_grid = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, 1, 1, 0)
+        feats, latent_grid, _ = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, 1, 1, 0)
         features = pack("nodes.types").DiftFeatures(feats, tuple(images.shape[1:3]), latent_grid, 1, 261)
         corr = matcher.build_correspondence(features, 0, True, 0.0, 512)
         patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")

@@ -4,13 +4,13 @@ from comfy_api.latest import io
 import comfy.utils
 
 from .attention_warp import apply_attention_warp
-from .feature_extractor import batch_of, empty_conditioning, extract_features
+from .feature_extractor import AUTO, batch_of, empty_conditioning, extract_features
 from .matcher import build_correspondence
 from .noise_fuser import apply_noise_fuser
 from .types import CorrespondenceType, DiftFeatures
 
 NODE = "EdichoApply"
-PAPER = {"timestep": 261, "up_level": 1, "ensemble": 8, "start_percent": 0.08, "end_percent": 0.8,
+PAPER = {"timestep": 261, "up_level": AUTO, "ensemble": 8, "start_percent": 0.08, "end_percent": 0.8,
          "lam": 0.8, "gamma": 0.9}
 
 
@@ -37,9 +37,9 @@ class EdichoApply(io.ComfyNode):
     def execute(cls, model, vae, images, reference, seed) -> io.NodeOutput:
         images = batch_of([images], NODE)
         progress = comfy.utils.ProgressBar(PAPER["ensemble"])
-        features, grid = extract_features(model, vae, images, empty_conditioning(model), PAPER["timestep"],
-                                          PAPER["up_level"], PAPER["ensemble"], seed, progress)
-        dift = DiftFeatures(features, tuple(images.shape[1:3]), grid, PAPER["up_level"], PAPER["timestep"])
+        features, grid, up_level = extract_features(model, vae, images, empty_conditioning(model), PAPER["timestep"],
+                                                    PAPER["up_level"], PAPER["ensemble"], seed, progress)
+        dift = DiftFeatures(features, tuple(images.shape[1:3]), grid, up_level, PAPER["timestep"])
         corr = build_correspondence(dift, reference, True, 0.0, 512)
         patched = apply_attention_warp(model, corr, "output", PAPER["start_percent"], PAPER["end_percent"], 1.0, "warp")
         patched = apply_noise_fuser(patched, corr, PAPER["lam"], PAPER["gamma"], PAPER["start_percent"],

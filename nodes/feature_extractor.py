@@ -7,9 +7,10 @@ import comfy.samplers
 import comfy.utils
 
 from .types import DiftFeatures, Features
-from .unet_layout import output_block_of_up_level, unet_of
+from .unet_layout import default_up_level, output_block_of_up_level, unet_of
 
 NODE = "EdichoFeatureExtractor"
+AUTO = -1
 
 
 class _Captured(Exception):
@@ -51,7 +52,8 @@ class FeaturePass:
 
     def __init__(self, model, vae, images, conditioning, timestep, up_level):
         unet = unet_of(model, NODE)
-        self.block_id = output_block_of_up_level(unet, up_level)
+        self.up_level = default_up_level(unet) if up_level == AUTO else up_level
+        self.block_id = output_block_of_up_level(unet, self.up_level)
         self.latent = vae.encode(images[:, :, :, :3])
         sigma = model.get_model_object("model_sampling").sigma(torch.tensor(float(timestep))).reshape(1)
         self.sigmas = torch.cat([sigma, sigma.new_zeros(1)])
@@ -77,7 +79,7 @@ class FeaturePass:
 
 
 def extract_features(model, vae, images, conditioning, timestep, up_level, ensemble, seed, progress=None):
-    """Mean over `ensemble` noise draws of the decoder-level features: IMAGE [B, H, W, C] -> ([B, C, h, w], latent grid)."""
+    """Mean over `ensemble` noise draws of the decoder-level features: IMAGE [B, H, W, C] -> ([B, C, h, w], latent grid, level)."""
     feature_pass = FeaturePass(model, vae, images, conditioning, timestep, up_level)
     total = None
     for noise in ensemble_noises(feature_pass.latent.shape, ensemble, seed):
@@ -86,7 +88,7 @@ def extract_features(model, vae, images, conditioning, timestep, up_level, ensem
         total = draw if total is None else total + draw
         if progress is not None:
             progress.update(1)
-    return total / ensemble, tuple(feature_pass.latent.shape[-2:])
+    return total / ensemble, tuple(feature_pass.latent.shape[-2:]), feature_pass.up_level
 
 
 def batch_of(images, node=NODE):
@@ -119,8 +121,9 @@ class EdichoFeatureExtractor(io.ComfyNode):
                                       tooltip="Prompt for the feature pass. DIFT uses an empty prompt: connect CLIP Text Encode with empty text. Unconnected: a zero text embedding."),
                 io.Int.Input("timestep", default=261, min=0, max=999,
                              tooltip="Noise level of the feature pass, in training timesteps of 1000 (DIFT: 261)."),
-                io.Int.Input("up_level", default=1, min=0, max=3,
-                             tooltip="Decoder level whose output is the feature (DIFT up_ft_index; 1 = 1/16 of the image side on SD1.x/SD2.x)."),
+                io.Int.Input("up_level", default=AUTO, min=AUTO, max=3,
+                             tooltip="Decoder level whose output is the feature (DIFT up_ft_index). -1 = auto, DIFT's 1/16 of "
+                                     "the image side: 1 on SD1.x/SD2.x (DIFT's default), 0 on SDXL (1280 channels)."),
                 io.Int.Input("ensemble", default=8, min=1, max=64,
                              tooltip="Noise draws averaged (DIFT: 8). Fewer is faster, noisier."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
@@ -137,6 +140,6 @@ class EdichoFeatureExtractor(io.ComfyNode):
         images = batch_of(images)
         conditioning = conditioning[0] if conditioning else empty_conditioning(model)
         progress = comfy.utils.ProgressBar(ensemble)
-        features, latent_grid = extract_features(model, vae, images, conditioning, timestep, up_level,
-                                                 ensemble, seed, progress)
+        features, latent_grid, up_level = extract_features(model, vae, images, conditioning, timestep, up_level,
+                                                           ensemble, seed, progress)
         return io.NodeOutput(DiftFeatures(features, tuple(images.shape[1:3]), latent_grid, up_level, timestep))

@@ -24,6 +24,15 @@ def output_block_of_up_level(unet, up_level):
     return sum(per_level[: up_level + 1])
 
 
+def default_up_level(unet):
+    """DIFT's feature resolution on any UNet: the decoder level whose output is 1/16 of the image side.
+
+    The deepest level runs at latent / 2^(levels-1) and each decoder level doubles it, so level k
+    outputs latent / 2^(levels-2-k): 1 on SD1.x/SD2.x (4 levels, DIFT's up_ft_index), 0 on SDXL (3).
+    """
+    return max(0, len(unet.num_res_blocks) - 3)
+
+
 def self_attention_layers(unet):
     """All self-attention layers as (block_name, block_id, depth_index) keys, in execution order."""
     keys = []

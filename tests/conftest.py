@@ -88,3 +88,11 @@ def tiny_sd15_inpaint(host):
     import tiny_checkpoints
 
     return link_checkpoint(host, tiny_checkpoints.ensure_checkpoint("sd15-inpaint", CACHE / "checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(host):
+    """family -> file name of that family's tiny checkpoint in the host's checkpoints folder (built once)."""
+    import tiny_checkpoints
+
+    return lambda family: link_checkpoint(host, tiny_checkpoints.ensure_checkpoint(family, CACHE / "checkpoints"))

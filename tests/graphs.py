@@ -19,8 +19,11 @@ def txt2img(ckpt_name, *, width=256, height=256, batch=3, steps=2, cfg=7.0, samp
 
 
 def edicho_img2img(ckpt_name, image_names, *, steps=3, ensemble=1, sampler="euler", scheduler="normal",
-                   start_percent=0.0, end_percent=1.0):
-    """The pack's example workflow (workflows/api/edicho_img2img.json), made small for the tiny model."""
+                   start_percent=0.0, end_percent=1.0, size=None):
+    """The pack's example workflow (workflows/api/edicho_img2img.json), made small for the tiny model.
+
+    `size` = (width, height) centre-crops the reference to that size first, so the batch has it.
+    """
     import json
     from pathlib import Path
 
@@ -28,6 +31,10 @@ def edicho_img2img(ckpt_name, image_names, *, steps=3, ensemble=1, sampler="eule
     for node, name in zip(("load_a", "load_b", "load_c"), image_names):
         graph[node]["inputs"]["image"] = name
     graph["images"]["inputs"]["megapixels"] = 0.066  # 256x256
+    if size is not None:
+        graph["reference_crop"] = {"class_type": "ImageScale", "inputs": {
+            "image": ["load_a", 0], "upscale_method": "bicubic", "width": size[0], "height": size[1], "crop": "center"}}
+        graph["images"]["inputs"].update(image_1=["reference_crop", 0], megapixels=size[0] * size[1] / 1e6)
     graph["ckpt"]["inputs"]["ckpt_name"] = ckpt_name
     graph["features"]["inputs"]["ensemble"] = ensemble
     for node in ("attention", "fuser"):

@@ -9,7 +9,8 @@ def _extract(pack, parts, images, **kw):
     fe = pack("nodes.feature_extractor")
     model, _, vae = parts
     settings = dict(timestep=261, up_level=1, ensemble=1, seed=0) | kw
-    return fe.extract_features(model, vae, images, fe.empty_conditioning(model), **settings)
+    features, latent_grid, _ = fe.extract_features(model, vae, images, fe.empty_conditioning(model), **settings)
+    return features, latent_grid
 
 
 @pytest.mark.parametrize("up_level, side", [(0, 8), (1, 16), (2, 32)])
@@ -20,9 +21,12 @@ def test_grid_is_the_decoder_level_size(pack, sd15_parts, sample_images, up_leve
     assert torch.isfinite(features).all()
 
 
-def test_default_level_is_one_sixteenth_of_the_image(pack, sd15_parts, sample_images):
-    features, _ = _extract(pack, sd15_parts, sample_images)
-    assert features.shape[-2:] == (256 // 16, 256 // 16)
+def test_auto_level_is_dift_level_one_on_sd1(pack, sd15_parts, sample_images):
+    fe = pack("nodes.feature_extractor")
+    model, _, vae = sd15_parts
+    features, _, level = fe.extract_features(model, vae, sample_images, fe.empty_conditioning(model), 261, fe.AUTO, 1, 0)
+    assert level == 1
+    torch.testing.assert_close(features, _extract(pack, sd15_parts, sample_images, up_level=1)[0], rtol=0, atol=0)
 
 
 def test_ensemble_mean_is_the_mean_of_single_draws(pack, sd15_parts, sample_images):

@@ -64,7 +64,7 @@ def random_corr(pack, sd15_parts, sample_images):
     matcher = pack("nodes.matcher")
     fe = pack("nodes.feature_extractor")
     model, _, vae = sd15_parts
-    features, grid = fe.extract_features(model, vae, sample_images, fe.empty_conditioning(model), 261, 1, 1, 0)
+    features, grid, _ = fe.extract_features(model, vae, sample_images, fe.empty_conditioning(model), 261, 1, 1, 0)
     dift = pack("nodes.types").DiftFeatures(features, (256, 256), grid, 1, 261)
     return matcher.build_correspondence(dift, 0, False, -1.0, 1024)
 
@@ -132,14 +132,27 @@ def tiny_flux():
     return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("node", ["attention_warp", "noise_fuser"])
-def test_dit_models_are_refused_with_a_clear_message(host, pack, node):
+def tiny_sd3():
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {"in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "depth": 1, "patch_size": 2,
+              "adm_in_channels": 32, "pos_embed_max_size": 16, "num_patches": 256,
+              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 64}}}
+    model = comfy.supported_models.SD3(config).get_model({})
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family, build", [("Flux", tiny_flux), ("SD3", tiny_sd3)])
+@pytest.mark.parametrize("node", ["attention_warp", "noise_fuser", "feature_extractor"])
+def test_dit_models_are_refused_with_a_clear_message(host, pack, node, family, build):
     Correspondence = pack("kernels.correspondence").Correspondence
     corr = Correspondence.identity(2, (8, 8), 0, (64, 64))
     apply = {"attention_warp": lambda m: pack("nodes.attention_warp").apply_attention_warp(m, corr, "output", 0, 1, 1, "warp"),
-             "noise_fuser": lambda m: pack("nodes.noise_fuser").apply_noise_fuser(m, corr, 0.8, 0.9, 0, 1, 0, "literal")}
-    with pytest.raises(ValueError, match=r"Edicho\w+: the model is Flux, which has no UNet self-attention.*SD1.x, SD2.x, SDXL"):
-        apply[node](tiny_flux())
+             "noise_fuser": lambda m: pack("nodes.noise_fuser").apply_noise_fuser(m, corr, 0.8, 0.9, 0, 1, 0, "literal"),
+             "feature_extractor": lambda m: pack("nodes.feature_extractor").FeaturePass(m, None, None, None, 261, -1)}
+    with pytest.raises(ValueError, match=rf"Edicho\w+: the model is {family}, which has no UNet self-attention.*SD1.x, SD2.x, SDXL"):
+        apply[node](build())
 
 
 def test_all_in_one_node_runs_in_a_graph(host, tiny_sd15, sample_files):
