@@ -1,8 +1,8 @@
 """Sampling time with both Edicho patches vs the unpatched model, side by side in one run.
 
-    ./edicho python bench/bench_patch_overhead.py [--families sd15 sd15-full] [--size 512] [--batch 4] [--steps 4]
+    ./edicho python bench/bench_patch_overhead.py [--families sd15 sd15-full sdxl sdxl-full] [--size 512] [--batch 4] [--steps 4]
 
-Random-weight checkpoints with the real layout (tiny and full-size SD1.5), the host's own
+Random-weight checkpoints with the real layout (tiny and full-size SD1.5 and SDXL), the host's own
 sampler (euler, cfg 7), both patches active on every step (worst case). Prints a markdown table.
 """
 import argparse
@@ -59,8 +59,8 @@ def main():
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         images = group_of(args.size, args.batch)
-        feats, latent_grid, _ = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, 1, 1, 0)
-        features = pack("nodes.types").DiftFeatures(feats, tuple(images.shape[1:3]), latent_grid, 1, 261)
+        feats, latent_grid, level = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, fe.AUTO, 1, 0)
+        features = pack("nodes.types").DiftFeatures(feats, tuple(images.shape[1:3]), latent_grid, level, 261)
         corr = matcher.build_correspondence(features, 0, True, 0.0, 512)
         patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")
         patched = fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")

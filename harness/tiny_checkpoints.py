@@ -67,6 +67,13 @@ SDXL_TINY_UNET = SD15_TINY_UNET | {
     "num_head_channels": 64,
 }
 
+# The real SDXL base UNet (2.6 B params), for benchmarks at full size with random weights.
+SDXL_FULL_UNET = SDXL_TINY_UNET | {
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
+}
+
 # SD2.x detection fixes model_channels=320, context_dim=1024, linear proj_in and no label_emb.
 # The host tells v-prediction from eps by the spread of output block 11's first norm bias, so
 # this keeps SD2's real shape (2 res blocks on 4 levels, attention on the three shallower ones)
@@ -98,6 +105,7 @@ FAMILIES = {
     "sd2-v": {"unet": SD2_TINY_UNET, "text_encoders": SD2_TEXT, "vae": "taesd", "expected_model_type": "SD20",
               "spread": {SD2_V_MARKER: 0.2}},
     "sdxl": {"unet": SDXL_TINY_UNET, "text_encoders": SDXL_TEXT, "vae": "taesd", "expected_model_type": "SDXL"},
+    "sdxl-full": {"unet": SDXL_FULL_UNET, "text_encoders": SDXL_TEXT, "vae": "taesd", "expected_model_type": "SDXL"},
 }
 
 SEED = 20241231
