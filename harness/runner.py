@@ -17,8 +17,12 @@ class GraphResult:
     outputs: dict = field(default_factory=dict)
 
     def output(self, node_id, slot=0):
-        """The value a node produced on one of its output slots."""
+        """The value a node produced on one of its output slots (the first, for a list output)."""
         return self.outputs[str(node_id)][slot][0]
+
+    def output_list(self, node_id, slot=0):
+        """Every value of a list output (one per group, per photo, ...)."""
+        return list(self.outputs[str(node_id)][slot])
 
 
 class _ServerStub:

@@ -52,3 +52,16 @@ def unplace(canvas, box, original_size):
     mask = kornia.geometry.transform.resize(covered[None], tuple(original_size), interpolation="bilinear",
                                             antialias=True)[0, 0] > 0.999
     return photo, mask
+
+
+def group_indices(count, group_size):
+    """Photo indices per group for `count` photos, photo 0 (the reference) first in every group.
+
+    One group when everything fits; otherwise each group is the reference plus the next
+    `group_size - 1` photos, so every group is edited against the same reference.
+    """
+    if count < 2 or group_size < 2:
+        raise ValueError(f"group_indices: need at least 2 photos and groups of at least 2, got {count}, {group_size}")
+    others = list(range(1, count))
+    step = group_size - 1
+    return [[0, *others[start:start + step]] for start in range(0, len(others), step)]

@@ -35,7 +35,7 @@ class EdichoApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, images, reference, seed) -> io.NodeOutput:
-        images = batch_of([images], NODE)
+        images = batch_of(images, NODE)
         progress = comfy.utils.ProgressBar(PAPER["ensemble"])
         features, grid, up_level = extract_features(model, vae, images, empty_conditioning(model), PAPER["timestep"],
                                                     PAPER["up_level"], PAPER["ensemble"], seed, progress)

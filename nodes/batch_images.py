@@ -5,11 +5,12 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from ..kernels.layout import FITS, common_size, place, unplace
+from ..kernels.layout import FITS, common_size, group_indices, place, unplace
 
 BATCH_NODE = "EdichoBatchImages"
 RESTORE_NODE = "EdichoRestoreImages"
 MAX_PHOTOS = 8
+ALL_GROUPS = -1
 Layout = io.Custom("EDICHO_LAYOUT")
 
 
@@ -20,9 +21,12 @@ class BatchLayout:
     boxes: tuple
     originals: tuple  # IMAGE [1, h, w, C] each
     masks: tuple  # MASK [h, w] each, or None where none was given
+    # In groups after the first, photo 0 is the reference carried along for consistency; it is
+    # restored from the first group only.
+    carries_reference: bool = False
 
 
-def batch_photos(photos, masks, megapixels, multiple, fit):
+def batch_photos(photos, masks, megapixels, multiple, fit, carries_reference=False):
     """Photos `[1, h, w, C]` (and masks `[h, w]` or None) -> IMAGE `[B, H, W, C]`, MASK `[B, H, W]`, BatchLayout."""
     size = common_size(tuple(photos[0].shape[1:3]), megapixels, multiple)
     images, placed_masks, boxes = [], [], []
@@ -33,8 +37,21 @@ def batch_photos(photos, masks, megapixels, multiple, fit):
         images.append(canvas.movedim(0, -1))
         placed_masks.append(placed_mask[0])
         boxes.append(box)
-    layout = BatchLayout(size, tuple(boxes), tuple(photos), tuple(masks))
+    layout = BatchLayout(size, tuple(boxes), tuple(photos), tuple(masks), carries_reference)
     return torch.stack(images), torch.stack(placed_masks), layout
+
+
+def batch_groups(photos, masks, megapixels, multiple, fit, group_size, only_group=ALL_GROUPS):
+    """Like `batch_photos`, split into groups that each start with the reference: lists of (images, masks, layout)."""
+    groups = group_indices(len(photos), group_size)
+    if only_group != ALL_GROUPS:
+        if not 0 <= only_group < len(groups):
+            raise ValueError(f"{BATCH_NODE}: only_group is {only_group} but {len(photos)} photos in groups of "
+                             f"{group_size} make {len(groups)} groups (0..{len(groups) - 1}). Use -1 for all of them.")
+        groups = [groups[only_group]]
+    batches = [batch_photos([photos[i] for i in group], [masks[i] for i in group], megapixels, multiple, fit,
+                            carries_reference=group[1] != 1) for group in groups]
+    return tuple(list(column) for column in zip(*batches))
 
 
 def restore_photos(images, layout, paste):
@@ -44,7 +61,9 @@ def restore_photos(images, layout, paste):
     and anything the canvas cropped away, is the untouched original.
     """
     restored = []
-    for edited, box, original, mask in zip(images, layout.boxes, layout.originals, layout.masks):
+    for index, (edited, box, original, mask) in enumerate(zip(images, layout.boxes, layout.originals, layout.masks)):
+        if index == 0 and layout.carries_reference:
+            continue
         photo, covered = unplace(edited.movedim(-1, 0), box, tuple(original.shape[1:3]))
         photo = photo.movedim(0, -1)
         keep_edit = covered if mask is None else covered & (mask.to(covered.device) > 0.5)
@@ -58,9 +77,11 @@ class EdichoBatchImages(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         photos = [io.Image.Input(f"image_{i}", optional=i > 2,
-                                 tooltip="A photo of the group, any size." + (" Image 1 is the reference." if i == 1 else ""))
+                                 tooltip=("The reference photo, any size: every other photo is edited to match it."
+                                          if i == 1 else "Photos of the group, any size; a batch counts as several photos."))
                   for i in range(1, MAX_PHOTOS + 1)]
-        masks = [io.Mask.Input(f"mask_{i}", optional=True, tooltip=f"Optional mask of image {i} (the region to edit).")
+        masks = [io.Mask.Input(f"mask_{i}", optional=True,
+                               tooltip=f"Optional mask of image {i} (the region to edit); one per photo of a batch, or one for all.")
                  for i in range(1, MAX_PHOTOS + 1)]
         return io.Schema(
             node_id=BATCH_NODE,
@@ -74,13 +95,22 @@ class EdichoBatchImages(io.ComfyNode):
                     io.Int.Input("multiple", default=64, min=8, max=256, step=8,
                                  tooltip="Both sides of the common size are multiples of this (64 suits SD latents and attention grids)."),
                     io.Combo.Input("fit", options=list(FITS), default="letterbox",
-                                   tooltip="letterbox: each whole photo fits, padded with black. crop: each photo fills the frame, edges cut (restored from the original).")],
-            outputs=[io.Image.Output(display_name="images"), io.Mask.Output(display_name="masks"),
-                     Layout.Output(display_name="layout")],
+                                   tooltip="letterbox: each whole photo fits, padded with black. crop: each photo fills the frame, edges cut (restored from the original)."),
+                    # Optional, so that workflows saved before groups existed still validate.
+                    io.Int.Input("group_size", default=8, min=2, max=64, optional=True,
+                                 tooltip="Most photos sampled at once. Larger groups are split into groups of this size that "
+                                         "each start with the reference (same seed, same reference noise), run one after another."),
+                    io.Int.Input("only_group", default=ALL_GROUPS, min=ALL_GROUPS, max=63, optional=True,
+                                 tooltip="-1: every group. 0, 1, ...: just that group, to spread a large set over several "
+                                         "ComfyUI instances (queue the same workflow on each with its own group).")],
+            outputs=[io.Image.Output(display_name="images", is_output_list=True),
+                     io.Mask.Output(display_name="masks", is_output_list=True),
+                     Layout.Output(display_name="layout", is_output_list=True)],
         )
 
     @classmethod
-    def execute(cls, image_1, image_2, megapixels, multiple, fit, **optional) -> io.NodeOutput:
+    def execute(cls, image_1, image_2, megapixels, multiple, fit, group_size=8, only_group=ALL_GROUPS,
+                **optional) -> io.NodeOutput:
         photos, masks = [], []
         for i in range(1, MAX_PHOTOS + 1):
             photo = image_1 if i == 1 else image_2 if i == 2 else optional.get(f"image_{i}")
@@ -89,13 +119,16 @@ class EdichoBatchImages(io.ComfyNode):
                 if mask is not None:
                     raise ValueError(f"{BATCH_NODE}: mask_{i} is connected but image_{i} is not. Connect the photo too.")
                 continue
-            for single in photo.split(1):
-                if mask is not None and tuple(mask.shape[-2:]) != tuple(single.shape[1:3]):
-                    raise ValueError(f"{BATCH_NODE}: mask_{i} is {mask.shape[-1]}x{mask.shape[-2]} but image_{i} is "
-                                     f"{single.shape[2]}x{single.shape[1]}. Use the mask drawn on that photo.")
+            if mask is not None:
+                mask = mask.reshape(-1, *mask.shape[-2:])
+                if tuple(mask.shape[-2:]) != tuple(photo.shape[1:3]) or mask.shape[0] not in (1, photo.shape[0]):
+                    raise ValueError(f"{BATCH_NODE}: mask_{i} is {mask.shape[0]} x {mask.shape[-1]}x{mask.shape[-2]} but "
+                                     f"image_{i} is {photo.shape[0]} x {photo.shape[2]}x{photo.shape[1]}. Use the mask "
+                                     f"drawn on that photo (one, or one per photo of the batch).")
+            for index, single in enumerate(photo.split(1)):
                 photos.append(single)
-                masks.append(None if mask is None else mask.reshape(-1, *mask.shape[-2:])[0])
-        return io.NodeOutput(*batch_photos(photos, masks, megapixels, multiple, fit))
+                masks.append(None if mask is None else mask[min(index, mask.shape[0] - 1)])
+        return io.NodeOutput(*batch_groups(photos, masks, megapixels, multiple, fit, group_size, only_group))
 
 
 class EdichoRestoreImages(io.ComfyNode):

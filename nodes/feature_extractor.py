@@ -92,17 +92,11 @@ def extract_features(model, vae, images, conditioning, timestep, up_level, ensem
 
 
 def batch_of(images, node=NODE):
-    """A list of IMAGE batches (e.g. one per photo) -> one IMAGE batch of at least 2, or a clear error."""
-    sizes = sorted({(int(i.shape[2]), int(i.shape[1])) for i in images})
-    if len(sizes) > 1:
-        listed = ", ".join(f"{w}x{h}" for w, h in sizes)
-        raise ValueError(f"{node}: the photos have different sizes ({listed}). Bring them to one size first "
-                         f"(e.g. Upscale Image to the same width and height), then batch them.")
-    batch = torch.cat(list(images)) if len(images) > 1 else images[0]
-    if batch.shape[0] < 2:
-        raise ValueError(f"{node}: got a batch of {batch.shape[0]} image; Edicho needs at least 2 "
-                         f"(a reference and a target). Batch the photos first (Batch Images).")
-    return batch
+    """An IMAGE batch of at least 2 (a reference and a target), or a clear error."""
+    if images.shape[0] < 2:
+        raise ValueError(f"{node}: got a batch of {images.shape[0]} image; Edicho needs at least 2 "
+                         f"(a reference and a target). Batch the photos first (Edicho Batch Images).")
+    return images
 
 
 class EdichoFeatureExtractor(io.ComfyNode):
@@ -130,15 +124,12 @@ class EdichoFeatureExtractor(io.ComfyNode):
                              tooltip="Seed of the noise draws: the same seed gives the same features."),
             ],
             outputs=[Features.Output(display_name="features")],
-            # Photos may arrive as a list (one per photo) as well as a batch.
-            is_input_list=True,
         )
 
     @classmethod
     def execute(cls, model, vae, images, timestep, up_level, ensemble, seed, conditioning=None) -> io.NodeOutput:
-        model, vae, timestep, up_level, ensemble, seed = (v[0] for v in (model, vae, timestep, up_level, ensemble, seed))
         images = batch_of(images)
-        conditioning = conditioning[0] if conditioning else empty_conditioning(model)
+        conditioning = conditioning if conditioning is not None else empty_conditioning(model)
         progress = comfy.utils.ProgressBar(ensemble)
         features, latent_grid, up_level = extract_features(model, vae, images, conditioning, timestep, up_level,
                                                            ensemble, seed, progress)

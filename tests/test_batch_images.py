@@ -43,8 +43,8 @@ def test_batch_and_restore_sizes_and_paste(pack):
               smooth_photo(256, 256, 3)[None].movedim(1, -1)]
     mask = torch.zeros(451, 300)
     mask[100:200, 50:150] = 1.0
-    images, masks, layout = nodes.EdichoBatchImages.execute(photos[0], photos[1], 0.26, 64, "letterbox",
-                                                            image_3=photos[2], mask_2=mask).result
+    images, masks, layout = (single for (single,) in nodes.EdichoBatchImages.execute(
+        photos[0], photos[1], 0.26, 64, "letterbox", image_3=photos[2], mask_2=mask).result)
     assert images.shape == (3, 384, 640, 3) and masks.shape == (3, 384, 640)
     assert masks[0].min() == 0 and masks[0].max() == 1  # letterbox bars are outside the mask
     edited = 1.0 - images
@@ -60,7 +60,7 @@ def test_batch_and_restore_sizes_and_paste(pack):
 @pytest.mark.parametrize("call, message", [
     (lambda n: n.EdichoBatchImages.execute(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 96, 3), 0.26, 64, "crop",
                                            mask_2=torch.ones(64, 64)),
-     "EdichoBatchImages: mask_2 is 64x64 but image_2 is 96x64"),
+     "EdichoBatchImages: mask_2 is 1 x 64x64 but image_2 is 1 x 96x64"),
     (lambda n: n.EdichoBatchImages.execute(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 96, 3), 0.26, 64, "crop",
                                            mask_3=torch.ones(64, 64)),
      "EdichoBatchImages: mask_3 is connected but image_3 is not"),
@@ -72,8 +72,8 @@ def test_bad_input_names_the_node_and_the_fix(pack, call, message):
 
 def test_restore_refuses_a_batch_from_elsewhere(pack):
     nodes = pack("nodes.batch_images")
-    _, _, layout = nodes.EdichoBatchImages.execute(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 96, 3), 0.26, 64,
-                                                   "crop").result
+    (_,), (_,), (layout,) = nodes.EdichoBatchImages.execute(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 96, 3), 0.26,
+                                                            64, "crop").result
     with pytest.raises(ValueError, match="EdichoRestoreImages: got 3 images of 64x64 but the layout is for 2"):
         nodes.EdichoRestoreImages.execute(torch.rand(3, 64, 64, 3), layout, True)
 
@@ -95,6 +95,60 @@ def test_batch_and_restore_in_a_graph(host, sample_files):
     }
     result = runner.run_graph(graph)
     assert tuple(result.output("batch").shape) == (2, 256, 256, 3)
+    assert len(result.outputs["batch"][0]) == 1
     assert [tuple(i.shape) for i in result.outputs["restore"][0]] == [(1, 256, 256, 3), (1, 192, 320, 3)]
     assert len(result.ui["out"]["images"]) == 2
     wide.unlink()
+
+
+@pytest.mark.parametrize("count, group_size, expected", [
+    (3, 8, [[0, 1, 2]]),
+    (8, 8, [[0, 1, 2, 3, 4, 5, 6, 7]]),
+    (9, 8, [[0, 1, 2, 3, 4, 5, 6, 7], [0, 8]]),
+    (10, 4, [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 8, 9]]),
+    (5, 2, [[0, 1], [0, 2], [0, 3], [0, 4]]),
+])
+def test_groups_each_start_with_the_reference_and_cover_every_photo_once(count, group_size, expected):
+    from comfyui_edicho.kernels.layout import group_indices
+
+    groups = group_indices(count, group_size)
+    assert groups == expected
+    assert sorted(i for g in groups for i in g[1:]) == list(range(1, count))
+
+
+def _ten_photos():
+    return [smooth_photo(200 + 16 * i, 300 - 8 * i, seed=i)[None].movedim(1, -1) for i in range(10)]
+
+
+def test_large_group_splits_and_restores_each_photo_once_in_order(pack):
+    nodes = pack("nodes.batch_images")
+    photos = _ten_photos()
+    # Eight sockets; a batch on one socket counts as several photos (here 3 same-size copies).
+    same = torch.cat([photos[7]] * 3)
+    inputs = {f"image_{i + 1}": photos[i] for i in range(2, 7)} | {"image_8": same}
+    images, masks, layouts = nodes.EdichoBatchImages.execute(photos[0], photos[1], 0.05, 64, "letterbox",
+                                                             group_size=4, **inputs).result
+    assert [b.shape[0] for b in images] == [4, 4, 4]
+    for batch in images:
+        assert torch.equal(batch[0], images[0][0])  # the reference leads every group
+    edited = [1.0 - b for b in images]
+    restored = [photo for batch, layout in zip(edited, layouts)
+                for photo in nodes.EdichoRestoreImages.execute(batch, layout, True).result[0]]
+    expected = photos[:7] + [photos[7]] * 3
+    assert [tuple(r.shape) for r in restored] == [tuple(p.shape) for p in expected]
+    # Restored means edited: each is the inverted original (up to resampling), in input order.
+    assert all((r - (1.0 - p)).abs().mean() < 0.02 for r, p in zip(restored, expected))
+
+
+def test_only_group_selects_one_group_and_refuses_a_missing_one(pack):
+    nodes = pack("nodes.batch_images")
+    photos = _ten_photos()
+    inputs = {f"image_{i + 1}": photos[i] for i in range(2, 8)}
+    images, _, layouts = nodes.EdichoBatchImages.execute(photos[0], photos[1], 0.05, 64, "crop", group_size=3,
+                                                         only_group=2, **inputs).result
+    assert len(images) == 1 and images[0].shape[0] == 3
+    restored = nodes.EdichoRestoreImages.execute(images[0], layouts[0], True).result[0]
+    assert [tuple(r.shape) for r in restored] == [tuple(photos[5].shape), tuple(photos[6].shape)]
+    with pytest.raises(ValueError, match=r"EdichoBatchImages: only_group is 4 but 8 photos in groups of 3 make 4 groups "
+                                         r"\(0..3\). Use -1"):
+        nodes.EdichoBatchImages.execute(photos[0], photos[1], 0.05, 64, "crop", group_size=3, only_group=4, **inputs)

@@ -120,3 +120,40 @@ def test_inpainting_model_graph_with_a_mask_carried_from_the_reference(host, tin
     assert result.output("masks").shape == (3, 256, 256)
     assert torch.isfinite(result.output("decode")).all()
     assert not torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
+
+
+def test_ten_photos_in_groups_of_four_share_the_reference_in_one_run(host, tiny_sd15, sample_images):
+    from PIL import Image
+
+    names = []
+    for i in range(10):
+        view = sample_images[i % 3].flip(1) if i % 2 else sample_images[i % 3]
+        size = (256 - 16 * (i % 4), 256 + 16 * (i % 5))  # (h, w): every photo its own size
+        resized = torch.nn.functional.interpolate(view.movedim(-1, 0)[None], size=size, mode="bilinear")[0]
+        names.append(f"group-photo-{i}.png")
+        Image.fromarray((resized.movedim(0, -1).clamp(0, 1) * 255).byte().numpy()).save(host.base_directory / "input" / names[-1])
+    graph = edicho_img2img(tiny_sd15, names[:3], steps=2)
+    for i, name in enumerate(names):
+        graph[f"load_{i}"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+    # Photos 8-10 arrive as one batch on the last socket (ImageBatch scales them to one size).
+    graph["last_two"] = {"class_type": "ImageBatch", "inputs": {"image1": ["load_7", 0], "image2": ["load_8", 0]}}
+    graph["last_three"] = {"class_type": "ImageBatch", "inputs": {"image1": ["last_two", 0], "image2": ["load_9", 0]}}
+    graph["images"]["inputs"] = {f"image_{i + 1}": [f"load_{i}", 0] for i in range(7)} | {
+        "image_8": ["last_three", 0], "megapixels": 0.066, "multiple": 64, "fit": "letterbox", "group_size": 4}
+    graph["restore"] = {"class_type": "EdichoRestoreImages", "inputs": {"images": ["decode", 0], "layout": ["images", 2],
+                                                                        "paste": False}}
+    graph["save_restored"] = {"class_type": "PreviewImage", "inputs": {"images": ["restore", 0]}}
+    result = runner.run_graph(graph)
+
+    samples = [s["samples"] for s in result.output_list("sample")]
+    assert [tuple(s.shape) for s in samples] == [(4, 4, 32, 32)] * 3
+    scale = samples[0].abs().max()
+    for group in samples[1:]:
+        # Same seed and the reference first: its noise, and so its edit, is the same in every group.
+        torch.testing.assert_close(group[0], samples[0][0], rtol=0, atol=1e-4 * float(scale))
+        assert (group[1:] - group[0]).abs().max() > 1e-2 * scale
+    restored = result.output_list("restore")
+    expected_sizes = [(1, 256 - 16 * (i % 4), 256 + 16 * (i % 5), 3) for i in range(7)] + [(1, 256 - 16 * 3, 256 + 16 * 2, 3)] * 3
+    assert [tuple(r.shape) for r in restored] == expected_sizes
+    for name in names:
+        (host.base_directory / "input" / name).unlink()

@@ -79,18 +79,3 @@ def test_batch_of_one_is_refused_with_a_fix(host, tiny_sd15):
         runner.run_graph(graph)
     message = str(err.value)
     assert "EdichoFeatureExtractor" in message and "at least 2" in message
-
-
-def test_photos_of_different_sizes_in_a_list_are_refused_with_a_fix(pack, sd15_parts):
-    node = pack("nodes.feature_extractor").EdichoFeatureExtractor
-    model, _, vae = sd15_parts
-    photos = [torch.rand(1, 64, 64, 3), torch.rand(1, 64, 96, 3)]
-    with pytest.raises(ValueError, match=r"EdichoFeatureExtractor: the photos have different sizes \(64x64, 96x64\).*one size"):
-        node.execute([model], [vae], photos, [261], [1], [1], [0])
-
-
-def test_a_list_of_same_size_photos_is_one_batch(pack, sd15_parts, sample_images):
-    node = pack("nodes.feature_extractor").EdichoFeatureExtractor
-    model, _, vae = sd15_parts
-    features = node.execute([model], [vae], list(sample_images.split(1)), [261], [1], [1], [0]).result[0]
-    assert features.features.shape == (3, 320, 16, 16) and features.image_size == (256, 256)
