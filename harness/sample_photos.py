@@ -28,15 +28,30 @@ def sample_group(size=256):
     return torch.stack(views).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
 
-def write_sample_group(folder, size=256):
-    """Save the group as PNGs in `folder` (e.g. the host's input/); return their file names."""
+# (top, left, bottom, right) fractions of the reference painted as the region to edit: the cat's head.
+MASK_BOX = (0.12, 0.3, 0.55, 0.75)
+
+
+def write_sample_group(folder, size=256, masked_reference=False):
+    """Save the group as PNGs in `folder` (e.g. the host's input/); return their file names.
+
+    With `masked_reference`, the reference is saved with the region to edit painted out of its
+    alpha, as the editor's mask painter does, so LoadImage gives that region as its MASK.
+    """
     from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    for (name, _, _), image in zip(VIEWS, sample_group(size)):
+    for index, ((name, _, _), image) in enumerate(zip(VIEWS, sample_group(size))):
+        pixels = (image.numpy() * 255).round().astype(np.uint8)
         file_name = f"{name}-{size}.png"
-        Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(folder / file_name)
+        if masked_reference and index == 0:
+            alpha = np.full(pixels.shape[:2], 255, np.uint8)
+            top, left, bottom, right = (round(f * size) for f in MASK_BOX)
+            alpha[top:bottom, left:right] = 0
+            pixels = np.dstack([pixels, alpha])
+            file_name = f"{name}-{size}-masked.png"
+        Image.fromarray(pixels).save(folder / file_name)
         names.append(file_name)
     return names

@@ -101,6 +101,12 @@ FAMILIES = {
     "sd15-inpaint": {"unet": SD15_TINY_UNET | {"in_channels": 9}, "text_encoders": SD1_TEXT, "vae": "taesd",
                      "expected_model_type": "SD15"},
     "sd15-full": {"unet": SD15_FULL_UNET, "text_encoders": SD1_TEXT, "vae": "taesd", "expected_model_type": "SD15"},
+    # InstructPix2Pix: 4 latent + 4 source-image latent channels in.
+    "sd15-ip2p": {"unet": SD15_TINY_UNET | {"in_channels": 8}, "text_encoders": SD1_TEXT, "vae": "taesd",
+                  "expected_model_type": "SD15_instructpix2pix"},
+    # A ControlNet for the tiny SD1.x UNet (ControlNetLoader, models/controlnet/): the encoder half
+    # of the same config, a 3-channel hint, in the original "control_model." layout.
+    "sd15-controlnet": {"controlnet": SD15_TINY_UNET, "hint_channels": 3},
     "sd2": {"unet": SD2_TINY_UNET, "text_encoders": SD2_TEXT, "vae": "taesd", "expected_model_type": "SD20"},
     "sd2-v": {"unet": SD2_TINY_UNET, "text_encoders": SD2_TEXT, "vae": "taesd", "expected_model_type": "SD20",
               "spread": {SD2_V_MARKER: 0.2}},
@@ -119,6 +125,12 @@ def _host_modules(spec):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     comfy_dir = Path(comfy.clip_model.__file__).parent
+    if "controlnet" in spec:
+        import comfy.cldm.cldm
+
+        config = {k: v for k, v in spec["controlnet"].items() if k != "out_channels"}
+        return [("control_model.", comfy.cldm.cldm.ControlNet(**config, hint_channels=spec["hint_channels"], device="meta",
+                                                              operations=comfy.ops.disable_weight_init))]
     parts = [("model.diffusion_model.", UNetModel(**spec["unet"], device="meta", operations=comfy.ops.disable_weight_init))]
     for name, config_file in spec["text_encoders"].items():
         config = json.loads((comfy_dir / config_file).read_text())
@@ -151,12 +163,14 @@ def build_state_dict(family, seed=SEED):
     spec = FAMILIES[family]
     generator = torch.Generator().manual_seed(seed)
     state, text = {}, {}
+    encoders = tuple(spec.get("text_encoders", ()))
     for prefix, module in _host_modules(spec):
         for name, tensor in module.state_dict().items():
-            target = text if prefix.startswith(tuple(spec["text_encoders"])) else state
+            target = text if encoders and prefix.startswith(encoders) else state
             target[prefix + name] = _init_tensor(prefix + name, tuple(tensor.shape), generator)
-    host_class = getattr(comfy.supported_models, spec["expected_model_type"])
-    state.update(host_class(spec["unet"]).process_clip_state_dict_for_saving(text))
+    if text:
+        host_class = getattr(comfy.supported_models, spec["expected_model_type"])
+        state.update(host_class(spec["unet"]).process_clip_state_dict_for_saving(text))
     for key, std in spec.get("spread", {}).items():
         state[key] = torch.randn(state[key].shape, generator=generator) * std
     return state

@@ -54,18 +54,22 @@ def batch_groups(photos, masks, megapixels, multiple, fit, group_size, only_grou
     return tuple(list(column) for column in zip(*batches))
 
 
-def restore_photos(images, layout, paste):
+def restore_photos(images, layout, paste, edit_masks=None):
     """Edited IMAGE `[B, H, W, C]` -> one IMAGE `[1, h, w, C]` per photo at its original size.
 
-    With `paste`, only the photo's mask (all of it where none was given) takes the edit; the rest,
-    and anything the canvas cropped away, is the untouched original.
+    With `paste`, only the photo's mask takes the edit: `edit_masks` `[B, H, W]` on the canvas when
+    given, else the mask the photo came with, else all of it. The rest, and anything the canvas
+    cropped away, is the untouched original.
     """
     restored = []
     for index, (edited, box, original, mask) in enumerate(zip(images, layout.boxes, layout.originals, layout.masks)):
         if index == 0 and layout.carries_reference:
             continue
-        photo, covered = unplace(edited.movedim(-1, 0), box, tuple(original.shape[1:3]))
+        size = tuple(original.shape[1:3])
+        photo, covered = unplace(edited.movedim(-1, 0), box, size)
         photo = photo.movedim(0, -1)
+        if edit_masks is not None:
+            mask = unplace(edit_masks[index][None].float(), box, size)[0][0]
         keep_edit = covered if mask is None else covered & (mask.to(covered.device) > 0.5)
         if paste:
             photo = torch.where(keep_edit[..., None], photo, original[0].to(photo))
@@ -144,14 +148,21 @@ class EdichoRestoreImages(io.ComfyNode):
                 Layout.Input("layout", tooltip="From Edicho Batch Images."),
                 io.Boolean.Input("paste", default=True,
                                  tooltip="Paste the edit into the untouched original: only the masked region (all of it without a mask) changes."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="Where each photo takes the edit when pasting, on the batch canvas (e.g. from Edicho "
+                                      "Transfer Mask). Unconnected: the masks given to Edicho Batch Images."),
             ],
             outputs=[io.Image.Output(display_name="images", is_output_list=True)],
         )
 
     @classmethod
-    def execute(cls, images, layout, paste) -> io.NodeOutput:
+    def execute(cls, images, layout, paste, masks=None) -> io.NodeOutput:
         if images.shape[0] != len(layout.boxes) or tuple(images.shape[1:3]) != tuple(layout.size):
             raise ValueError(f"{RESTORE_NODE}: got {images.shape[0]} images of {images.shape[2]}x{images.shape[1]} "
                              f"but the layout is for {len(layout.boxes)} of {layout.size[1]}x{layout.size[0]}. Connect "
                              f"the batch that came from the same Edicho Batch Images.")
-        return io.NodeOutput(restore_photos(images, layout, paste))
+        if masks is not None and (masks.shape[0] != images.shape[0] or tuple(masks.shape[-2:]) != tuple(layout.size)):
+            raise ValueError(f"{RESTORE_NODE}: masks are {masks.shape[0]} of {masks.shape[-1]}x{masks.shape[-2]} but the "
+                             f"batch is {images.shape[0]} of {layout.size[1]}x{layout.size[0]}. Connect masks made on "
+                             f"this batch (e.g. Edicho Transfer Mask).")
+        return io.NodeOutput(restore_photos(images, layout, paste, masks))

@@ -9,11 +9,13 @@ NODE = "EdichoTransferPoints"
 
 
 def transfer_mask(mask, corr):
-    """MASK of the reference [H, W] (or [1, H, W]) -> MASK [B, H, W]: the reference's own, warped onto each target."""
+    """MASK of the reference [H, W] or [1, H, W], or the batch's [B, H, W] -> MASK [B, H, W]: the reference's, warped onto each target."""
     mask = mask.reshape(-1, *mask.shape[-2:])
+    if mask.shape[0] == corr.batch_size:
+        mask = mask[corr.reference:corr.reference + 1]
     if mask.shape[0] != 1:
-        raise ValueError(f"{NODE}: expected one mask drawn on the reference, got {mask.shape[0]}. "
-                         f"Pick the reference's mask (e.g. with a mask batch selector) before this node.")
+        raise ValueError(f"{NODE}: expected one mask drawn on the reference (or one per image, of which the "
+                         f"reference's is used), got {mask.shape[0]} for {corr.batch_size} images.")
     planes = torch.zeros(corr.batch_size, 1, *mask.shape[-2:], dtype=torch.float32, device=mask.device)
     planes[corr.reference, 0] = mask[0].float()
     return warp_images(planes, corr)[:, 0]
@@ -30,7 +32,8 @@ class EdichoTransferPoints(io.ComfyNode):
                         "to inpaint the same region of all photos. Unmatched areas get 0.",
             inputs=[
                 CorrespondenceType.Input("correspondence", tooltip="From Edicho Matcher."),
-                io.Mask.Input("mask", tooltip="Mask drawn on the reference image, at the images' size."),
+                io.Mask.Input("mask", tooltip="Mask drawn on the reference image, at the images' size; or the masks output "
+                                              "of Edicho Batch Images, of which the reference's is used."),
                 io.Int.Input("grow", default=0, min=0, max=256,
                              tooltip="Dilate the carried masks by this many pixels, to close small gaps left by unmatched cells."),
             ],

@@ -41,8 +41,9 @@ def tiny_sd15(host):
     return link_checkpoint(host, tiny_checkpoints.ensure_checkpoint("sd15", CACHE / "checkpoints"))
 
 
-def link_checkpoint(host, path):
-    link = host.base_directory / "models" / "checkpoints" / path.name
+def link_checkpoint(host, path, folder="checkpoints"):
+    link = host.base_directory / "models" / folder / path.name
+    link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
         link.symlink_to(path)
     return path.name
@@ -92,7 +93,8 @@ def tiny_sd15_inpaint(host):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(host):
-    """family -> file name of that family's tiny checkpoint in the host's checkpoints folder (built once)."""
+    """(family, models folder) -> file name of that family's tiny checkpoint in the host's folder (built once)."""
     import tiny_checkpoints
 
-    return lambda family: link_checkpoint(host, tiny_checkpoints.ensure_checkpoint(family, CACHE / "checkpoints"))
+    return lambda family, folder="checkpoints": link_checkpoint(
+        host, tiny_checkpoints.ensure_checkpoint(family, CACHE / "checkpoints"), folder)
