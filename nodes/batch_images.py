@@ -11,6 +11,7 @@ BATCH_NODE = "EdichoBatchImages"
 RESTORE_NODE = "EdichoRestoreImages"
 MAX_PHOTOS = 8
 ALL_GROUPS = -1
+LOAD_IMAGE_NO_MASK = (64, 64)  # what core Load Image outputs as MASK for a photo with no alpha
 Layout = io.Custom("EDICHO_LAYOUT")
 
 
@@ -125,6 +126,11 @@ class EdichoBatchImages(io.ComfyNode):
                 continue
             if mask is not None:
                 mask = mask.reshape(-1, *mask.shape[-2:])
+                if tuple(mask.shape[-2:]) == LOAD_IMAGE_NO_MASK and not mask.any() \
+                        and tuple(photo.shape[1:3]) != LOAD_IMAGE_NO_MASK:
+                    raise ValueError(f"{BATCH_NODE}: mask_{i} is empty: Load Image gives an empty 64x64 mask when "
+                                     f"nothing is painted on the photo. Paint the region to edit on image_{i} "
+                                     f"(right-click > Open in MaskEditor), or disconnect mask_{i}.")
                 if tuple(mask.shape[-2:]) != tuple(photo.shape[1:3]) or mask.shape[0] not in (1, photo.shape[0]):
                     raise ValueError(f"{BATCH_NODE}: mask_{i} is {mask.shape[0]} x {mask.shape[-1]}x{mask.shape[-2]} but "
                                      f"image_{i} is {photo.shape[0]} x {photo.shape[2]}x{photo.shape[1]}. Use the mask "

@@ -64,6 +64,9 @@ def test_batch_and_restore_sizes_and_paste(pack):
     (lambda n: n.EdichoBatchImages.execute(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 96, 3), 0.26, 64, "crop",
                                            mask_3=torch.ones(64, 64)),
      "EdichoBatchImages: mask_3 is connected but image_3 is not"),
+    (lambda n: n.EdichoBatchImages.execute(torch.rand(1, 96, 96, 3), torch.rand(1, 64, 96, 3), 0.26, 64, "crop",
+                                           mask_1=torch.zeros(1, 64, 64)),
+     r"EdichoBatchImages: mask_1 is empty: Load Image gives an empty 64x64 mask when nothing is painted.*MaskEditor"),
 ])
 def test_bad_input_names_the_node_and_the_fix(pack, call, message):
     with pytest.raises(ValueError, match=message):

@@ -97,3 +97,10 @@ def test_ip2p_example_runs_the_instruct_pix2pix_model(host, tiny_checkpoint, sam
     result = runner.run_graph(graph)
     assert type(result.output("ckpt", 0).model.model_config).__name__ == "SD15_instructpix2pix"
     assert result.output("ip2p", 2)["samples"].shape == (3, 4, 32, 32)
+
+
+def test_inpaint_example_without_a_painted_mask_says_how_to_paint_one(host, tiny_checkpoint, sample_files, example_photos):
+    graph = small(json.loads((API / "edicho_inpaint.json").read_text()), tiny_checkpoint)
+    graph["load_a"]["inputs"]["image"] = sample_files[0]  # the same photo, nothing painted on it
+    with pytest.raises(runner.GraphError, match=r"EdichoBatchImages.*mask_1 is empty.*MaskEditor"):
+        runner.run_graph(graph)
