@@ -43,8 +43,8 @@ def _count_layer_calls(monkeypatch, pack):
     return counts
 
 
-def _graph(ckpt, files, **kw):
-    return edicho_img2img(ckpt, files, steps=2, size=(WIDTH, HEIGHT), **kw)
+def _graph(ckpt, files, size=(WIDTH, HEIGHT), steps=2, **kw):
+    return edicho_img2img(ckpt, files, steps=steps, size=size, **kw)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -99,3 +99,14 @@ def test_both_patches_run_on_every_decoder_self_attention_layer(host, tiny_check
 def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tiny_checkpoint, sample_files, family):
     result = runner.run_graph(_graph(tiny_checkpoint(family), sample_files, start_percent=1.0, end_percent=1.0))
     assert torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
+
+
+def test_sdxl_at_one_of_its_own_sizes_patches_its_38x26_and_76x52_grids(host, tiny_checkpoint, sample_files, pack,
+                                                                        monkeypatch):
+    counts = _count_layer_calls(monkeypatch, pack)
+    result = runner.run_graph(_graph(tiny_checkpoint("sdxl"), sample_files, size=(1216, 832), steps=1,
+                                     start_percent=0.0, end_percent=1.0))
+    assert result.output("decode").shape == (3, 832, 1216, 3)
+    tokens = {1216 // 32 * (832 // 32): [0, 1, 2], 1216 // 16 * (832 // 16): [3, 4, 5]}
+    assert counts == Counter({("output", block_id, depth, n): 1 for n, blocks in tokens.items() for block_id in blocks
+                              for depth in range(2 if block_id < 3 else 1)})
