@@ -1,7 +1,8 @@
 """The main job: a consistent edit of the bundled sample photos through the real host.
 
-With --ckpt (or an SD1.x checkpoint found in the host's models folder) it is a real edit;
-without one it runs a tiny random-weight checkpoint: a smoke run whose images are noise.
+With --ckpt (an SD1.x, SD2.x or SDXL checkpoint, or an SD1.x one found in the host's models
+folder) it is a real edit; without one it runs a tiny random-weight checkpoint: a smoke run
+whose images are noise.
 """
 import argparse
 import json
@@ -22,11 +23,13 @@ sys.path.insert(0, str(HERE))
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ckpt", help="your SD1.x checkpoint: a path, or a file name in the host's models/checkpoints")
+    parser.add_argument("--ckpt", help="your SD1.x, SD2.x or SDXL checkpoint: a path, or a file name in the host's "
+                                         "models/checkpoints")
     parser.add_argument("--out", default=str(REPO / "edicho-output"), help="folder for the results")
     parser.add_argument("--prompt", help="what the edit should make of the photos")
     parser.add_argument("--steps", type=int, help="sampling steps (default 50 real, 4 smoke)")
-    parser.add_argument("--size", type=int, help="image side in pixels (default 512 real, 256 smoke)")
+    parser.add_argument("--size", type=int, help="image side in pixels (default: the checkpoint's own, 512 for SD1.x, "
+                                                 "768 SD2.x, 1024 SDXL; 256 smoke)")
     return parser.parse_args()
 
 
@@ -45,12 +48,27 @@ def find_user_checkpoint(args):
     return found[0].resolve() if found else None
 
 
+def native_size(ckpt):
+    """The side a checkpoint was trained at, from its text encoder keys: 1024 SDXL, 768 SD2.x, else 512."""
+    if ckpt.suffix != ".safetensors":
+        return 512
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        keys = set(f.keys())
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return 1024
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return 768
+    return 512
+
+
 def main():
     args = parse_args()
     out = Path(args.out).resolve()
     user_ckpt = find_user_checkpoint(args)
     smoke = user_ckpt is None
-    size = args.size or (256 if smoke else 512)
+    size = args.size or (256 if smoke else native_size(user_ckpt))
     steps = args.steps or (4 if smoke else 50)
 
     import host
