@@ -66,8 +66,9 @@ def main():
     features, grid, level = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, fe.AUTO, 8, 0)
     dift = pack("nodes.types").DiftFeatures(features, (SIZE, SIZE), grid, level, 261)
     random_weights = pack("nodes.preview").render_preview(images, pack("nodes.matcher").build_correspondence(dift, 0, True, 0.0, 512))
-    gap = torch.ones(3, SIZE, 16, 3)
-    picture = torch.cat([torch.cat([truth[1:], gap[1:], random_weights[1:, :, SIZE:]], dim=2).reshape(-1, 2 * SIZE + 16 + SIZE, 3)])
+    # Rows: the two targets; columns: photo, reference warped through the truth, a gap, the smoke checkpoint's warp.
+    gap = torch.ones(2, SIZE, 16, 3)
+    picture = torch.cat([truth[1:], gap, random_weights[1:, :, SIZE:]], dim=2).flatten(0, 1)
     out = REPO / "docs" / "correspondence-preview.png"
     Image.fromarray((picture.clamp(0, 1) * 255).round().byte().numpy()).save(out)
     print(out)

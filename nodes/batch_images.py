@@ -11,6 +11,7 @@ BATCH_NODE = "EdichoBatchImages"
 RESTORE_NODE = "EdichoRestoreImages"
 MAX_PHOTOS = 8
 ALL_GROUPS = -1
+GROUP_SIZE = 8
 LOAD_IMAGE_NO_MASK = (64, 64)  # what core Load Image outputs as MASK for a photo with no alpha
 Layout = io.Custom("EDICHO_LAYOUT")
 
@@ -102,7 +103,7 @@ class EdichoBatchImages(io.ComfyNode):
                     io.Combo.Input("fit", options=list(FITS), default="letterbox",
                                    tooltip="letterbox: each whole photo fits, padded with black. crop: each photo fills the frame, edges cut (restored from the original)."),
                     # Optional, so that workflows saved before groups existed still validate.
-                    io.Int.Input("group_size", default=8, min=2, max=64, optional=True,
+                    io.Int.Input("group_size", default=GROUP_SIZE, min=2, max=64, optional=True,
                                  tooltip="Most photos sampled at once. Larger groups are split into groups of this size that "
                                          "each start with the reference (same seed, same reference noise), run one after another."),
                     io.Int.Input("only_group", default=ALL_GROUPS, min=ALL_GROUPS, max=63, optional=True,
@@ -114,7 +115,7 @@ class EdichoBatchImages(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image_1, image_2, megapixels, multiple, fit, group_size=8, only_group=ALL_GROUPS,
+    def execute(cls, image_1, image_2, megapixels, multiple, fit, group_size=GROUP_SIZE, only_group=ALL_GROUPS,
                 **optional) -> io.NodeOutput:
         photos, masks = [], []
         for i in range(1, MAX_PHOTOS + 1):

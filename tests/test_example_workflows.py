@@ -8,6 +8,7 @@ import torch
 
 import runner
 import sample_photos
+from patch_calls import count_corr_attention_calls
 from conftest import REPO
 
 API = REPO / "workflows" / "api"
@@ -54,10 +55,7 @@ def test_every_example_names_only_models_with_a_tiny_stand_in():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in API.glob("*.json")))
 def test_example_workflow_executes(host, tiny_checkpoint, sample_files, example_photos, pack, monkeypatch, name):
-    warp = pack("nodes.attention_warp")
-    calls = []
-    gather = warp.gather_attention_inputs
-    monkeypatch.setattr(warp, "gather_attention_inputs", lambda *a, **kw: calls.append(1) or gather(*a, **kw))
+    calls = count_corr_attention_calls(monkeypatch, pack)
     graph = small(json.loads((API / name).read_text()), tiny_checkpoint)
     result = runner.run_graph(graph)
     assert calls, "Corr-Attention never ran"

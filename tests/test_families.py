@@ -1,14 +1,13 @@
 """Every UNet family end to end on its tiny real-layout checkpoint: SD1.x, SD2.x (eps and v) and
 SDXL are detected by the host as themselves, extract features at DIFT's resolution, and sample a
 non-square batch of 3 with both patches on exactly the decoder self-attention layers."""
-from collections import Counter
-
 import pytest
 import torch
 
 import runner
 import tiny_checkpoints
 from graphs import edicho_img2img
+from patch_calls import count_corr_attention_calls
 
 FAMILIES = ["sd15", "sd2", "sd2-v", "sdxl"]
 WIDTH, HEIGHT = 320, 192  # 5:3, not a power of two on any grid
@@ -22,25 +21,6 @@ DECODER_SCALE = {
     "sdxl": {0: 32, 1: 32, 2: 32, 3: 16, 4: 16, 5: 16},
 }
 DECODER_SCALE["sd2-v"] = DECODER_SCALE["sd2"]
-
-
-def _count_layer_calls(monkeypatch, pack):
-    """Counter of active Corr-Attention calls by (block, block id, depth, tokens)."""
-    warp = pack("nodes.attention_warp")
-    counts, current = Counter(), {}
-    patch_call, gather = warp.CorrAttentionPatch.__call__, warp.gather_attention_inputs
-
-    def call(self, q, k, v, extra_options):
-        current["layer"] = (*extra_options["block"], extra_options["block_index"])
-        return patch_call(self, q, k, v, extra_options)
-
-    def counting_gather(q, k, v, sources, mode):
-        counts[(*current["layer"], q.shape[1])] += 1
-        return gather(q, k, v, sources, mode=mode)
-
-    monkeypatch.setattr(warp.CorrAttentionPatch, "__call__", call)
-    monkeypatch.setattr(warp, "gather_attention_inputs", counting_gather)
-    return counts
 
 
 def _assert_every_layer_ran(counts, expected_layers, steps):
@@ -83,7 +63,7 @@ def test_extractor_auto_level_is_one_sixteenth_of_a_non_square_image(host, tiny_
 @pytest.mark.parametrize("family", FAMILIES)
 def test_both_patches_run_on_every_decoder_self_attention_layer(host, tiny_checkpoint, sample_files, pack,
                                                                 monkeypatch, family):
-    counts = _count_layer_calls(monkeypatch, pack)
+    counts = count_corr_attention_calls(monkeypatch, pack)
     result = runner.run_graph(_graph(tiny_checkpoint(family), sample_files))
     edited = result.output("decode")
     assert edited.shape == (3, HEIGHT, WIDTH, 3)
@@ -106,7 +86,7 @@ def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tin
 
 def test_sdxl_at_one_of_its_own_sizes_patches_its_38x26_and_76x52_grids(host, tiny_checkpoint, sample_files, pack,
                                                                         monkeypatch):
-    counts = _count_layer_calls(monkeypatch, pack)
+    counts = count_corr_attention_calls(monkeypatch, pack)
     result = runner.run_graph(_graph(tiny_checkpoint("sdxl"), sample_files, size=(1216, 832), steps=1,
                                      start_percent=0.0, end_percent=1.0))
     assert result.output("decode").shape == (3, 832, 1216, 3)
