@@ -19,9 +19,11 @@ class Host:
     node_classes: dict
     pack_node_ids: list
     pack_import_errors: list
+    import_errors: list
 
 
 _HOST = None
+_IMPORTED = None
 
 
 def link_pack(base_directory):
@@ -42,16 +44,16 @@ def gpu_available():
     return torch.cuda.is_available()
 
 
-def start_host(comfyui_path=None, base_directory=None, extra_args=()):
-    """Import the host from `comfyui_path` (default $COMFYUI_PATH) and load all nodes; once per process."""
-    global _HOST
-    if _HOST is not None:
-        return _HOST
+def import_host(comfyui_path=None, base_directory=None, extra_args=()):
+    """Make the host's source importable with its command line parsed (`--cpu` without a GPU);
+    load no node. Returns (comfyui_path, base_directory); once per process."""
+    global _IMPORTED
+    if _IMPORTED is not None:
+        return _IMPORTED
     comfyui_path = Path(comfyui_path or os.environ["COMFYUI_PATH"]).resolve()
     base_directory = Path(base_directory or os.environ.get("EDICHO_HOST_HOME", REPO / ".host-home")).resolve()
     for sub in ("models/checkpoints", "input", "output", "temp", "user"):
         (base_directory / sub).mkdir(parents=True, exist_ok=True)
-    pack_link = link_pack(base_directory)
 
     argv = ["main.py", "--base-directory", str(base_directory), *extra_args]
     if not gpu_available():
@@ -65,11 +67,31 @@ def start_host(comfyui_path=None, base_directory=None, extra_args=()):
     # main.py imports the `utils` package before nodes.py puts comfy/ (with comfy/utils.py) first on sys.path.
     import utils.install_util  # noqa: F401
     import folder_paths
-    import execution  # noqa: F401
     # main.py applies these itself; in-process we do.
     if comfy.cli_args.args.output_directory:
         folder_paths.set_output_directory(os.path.abspath(comfy.cli_args.args.output_directory))
+    _IMPORTED = comfyui_path, base_directory
+    return _IMPORTED
+
+
+def start_host(comfyui_path=None, base_directory=None, extra_args=()):
+    """Import the host (`import_host`) and load all nodes, the pack's among them; once per process."""
+    global _HOST
+    if _HOST is not None:
+        return _HOST
+    comfyui_path, base_directory = import_host(comfyui_path, base_directory, extra_args)
+    pack_link = link_pack(base_directory)
+    import execution  # noqa: F401
+    import folder_paths
     import nodes
+    import server
+
+    # As main.py does: core nodes reach the server while they load (0.33 registers node
+    # replacements on it). It is built, never started: nothing listens, and its loop stays
+    # open so that a node's send_sync only queues.
+    loop = asyncio.new_event_loop()
+    if getattr(server.PromptServer, "instance", None) is None:
+        server.PromptServer(loop)
 
     failed = []
 
@@ -82,7 +104,7 @@ def start_host(comfyui_path=None, base_directory=None, extra_args=()):
     catcher = _Catch()
     logging.getLogger().addHandler(catcher)
     try:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     finally:
         logging.getLogger().removeHandler(catcher)
 
@@ -91,6 +113,6 @@ def start_host(comfyui_path=None, base_directory=None, extra_args=()):
     pack_ids = [name for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
                 if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == f"custom_nodes.{PACK_DIR_NAME}"]
     pack_errors = [m for m in failed if str(pack_link) in m or m.endswith(f": {PACK_DIR_NAME}")]
-    _HOST = Host(comfyui_path, base_directory, pack_module, nodes.NODE_CLASS_MAPPINGS, pack_ids, pack_errors)
+    _HOST = Host(comfyui_path, base_directory, pack_module, nodes.NODE_CLASS_MAPPINGS, pack_ids, pack_errors, failed)
     assert folder_paths.base_path == str(base_directory)
     return _HOST

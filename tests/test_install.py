@@ -38,3 +38,5 @@ def test_manager_style_install_on_a_fresh_host_loads_the_pack(host, tmp_path):
     assert run.returncode == 0, log[-2000:]
     loaded = [line for line in log.splitlines() if line.rstrip().endswith(str(clone))]
     assert loaded and "IMPORT FAILED" not in loaded[0], log[-2000:]
+    # A clean start: no core node of the host fails to import either (e.g. its audio nodes without torchaudio).
+    assert "IMPORT FAILED" not in log and "Traceback" not in log, log[-3000:]
