@@ -1,9 +1,13 @@
 """Sampling time with both Edicho patches vs the unpatched model, side by side in one run.
 
-    ./edicho python bench/bench_patch_overhead.py [--families sd15 sd15-full sdxl sdxl-full] [--size 512] [--batch 4] [--steps 4]
+    ./edicho python bench/bench_patch_overhead.py [--families sd15 sd15-full sdxl sdxl-full] [--size 512]
+        [--batch 4] [--steps 4] [--valid 1.0 0.9 0.5]
 
 Random-weight checkpoints with the real layout (tiny and full-size SD1.5 and SDXL), the host's own
-sampler (euler, cfg 7), both patches active on every step (worst case). Prints a markdown table.
+sampler (euler, cfg 7), both patches active on every step (worst case). Corr-Attention runs on random
+correspondences with exactly the given fractions of valid target cells (fixed seed), on its default
+packed path, and once on the gather path (every target row attends, as before the packed path) for
+comparison. Prints markdown tables: seconds and the ratio to unpatched.
 """
 import argparse
 import sys
@@ -21,7 +25,9 @@ def parse_args():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3, help="alternations of an unpatched and a patched block")
+    parser.add_argument("--valid", nargs="+", type=float, default=[1.0, 0.9, 0.5],
+                        help="fractions of valid target cells of the random correspondences")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of one block per model")
     parser.add_argument("--block", type=int, default=2, help="timed calls per block")
     return parser.parse_args()
 
@@ -33,6 +39,20 @@ def group_of(size, batch):
 
     views = sample_photos.sample_group(size)
     return torch.cat([views, views.flip(2)])[:batch]
+
+
+def random_correspondence(Correspondence, batch, grid, valid, seed=0):
+    """Reference 0; each target matches random reference cells, exactly round(valid * cells) of them valid."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    cells = grid[0] * grid[1]
+    index = torch.randint(0, cells, (batch, cells), generator=generator)
+    rank = torch.rand(batch, cells, generator=generator).argsort(dim=1).argsort(dim=1)
+    mask = rank < round(valid * cells)
+    mask[0] = False
+    index[0] = torch.arange(cells)
+    return Correspondence(index, mask, torch.ones(batch, cells), tuple(grid), 0, (grid[0] * 8, grid[1] * 8))
 
 
 def gpu_time(run, model):
@@ -62,22 +82,28 @@ def main():
     def pack(name):
         return importlib.import_module(f"{booted.pack_module.__name__}.{name}")
 
-    fe, matcher = pack("nodes.feature_extractor"), pack("nodes.matcher")
+    Correspondence = pack("kernels.correspondence").Correspondence
     warp, fuser = pack("nodes.attention_warp"), pack("nodes.noise_fuser")
+    columns = ["gather path"] + [f"{valid:.0%} valid" for valid in args.valid]
     rows = []
     for family in args.families:
         path = tiny_checkpoints.ensure_checkpoint(family, Path.home() / ".cache" / "comfyui-edicho" / "checkpoints")
         model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(path))
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        images = group_of(args.size, args.batch)
-        feats, latent_grid, level = fe.extract_features(model, vae, images, fe.empty_conditioning(model), 261, fe.AUTO, 1, 0)
-        features = pack("nodes.types").DiftFeatures(feats, tuple(images.shape[1:3]), latent_grid, level, 261)
-        corr = matcher.build_correspondence(features, 0, True, 0.0, 512)
-        patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")
-        patched = fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
-        latent = vae.encode(images)
+        latent = vae.encode(group_of(args.size, args.batch))
         noise = comfy.sample.prepare_noise(latent, 0)
+
+        def edicho(corr, packed=True):
+            patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")
+            for patch in patched.model_options["transformer_options"]["patches_replace"]["attn1"].values():
+                patch.packed = packed
+            return fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
+
+        grid = tuple(latent.shape[-2:])
+        corrs = [random_correspondence(Correspondence, args.batch, grid, valid) for valid in args.valid]
+        # The gather path's work does not depend on the valid fraction.
+        models = [model, edicho(corrs[0], packed=False)] + [edicho(corr) for corr in corrs]
 
         def run(m):
             start = time.perf_counter()
@@ -93,24 +119,30 @@ def main():
             run(m)
             return min(run(m)[0] for _ in range(args.block))
 
+        best = [float("inf")] * len(models)
         with torch.inference_mode():
-            plain_times, patched_times = [], []
             for _ in range(args.repeats):
-                plain_times.append(block(model))
-                patched_times.append(block(patched))
-        plain, edicho = min(plain_times), min(patched_times)
-        gpu_ratio = gpu_time(run, patched) / gpu_time(run, model) if torch.cuda.is_available() else None
-        rows.append((family, f"{args.size}x{args.size}", args.batch, args.steps, plain, edicho, edicho / plain, gpu_ratio))
-        del model, clip, vae, patched
+                for i, m in enumerate(models):
+                    best[i] = min(best[i], block(m))
+        gpu = [gpu_time(run, m) for m in models] if torch.cuda.is_available() else None
+        rows.append((family, best, gpu))
+        del model, clip, vae, models
         mm.unload_all_models()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\ndevice: {device}; euler, cfg 7, both patches active on every step; best of {args.repeats} alternating "
-          f"blocks of {args.block} calls, each after an untimed call")
-    print("| model | size | batch | steps | unpatched s | Edicho s | ratio | GPU time ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    for family, size, batch, steps, plain, edicho, ratio, gpu_ratio in rows:
-        gpu = "-" if gpu_ratio is None else f"{gpu_ratio:.3f}x"
-        print(f"| {family} | {size} | {batch} | {steps} | {plain:.2f} | {edicho:.2f} | {ratio:.3f}x | {gpu} |")
+    print(f"\ndevice: {device}; {args.size}x{args.size}, batch {args.batch}, {args.steps} steps, euler, cfg 7, both "
+          f"patches active on every step; best of {args.repeats} rounds of blocks of {args.block} calls, each "
+          f"block after an untimed call")
+    print(f"| model | unpatched s | " + " | ".join(f"{c} s, ratio" for c in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for family, times, _ in rows:
+        cells = [f"{t:.2f}, {t / times[0]:.3f}x" for t in times[1:]]
+        print(f"| {family} | {times[0]:.2f} | " + " | ".join(cells) + " |")
+    if torch.cuda.is_available():
+        print("\nGPU kernel time in one sampling call, ratio to unpatched (torch profiler)")
+        print("| model | unpatched s | " + " | ".join(columns) + " |")
+        print("|---|---|" + "---|" * len(columns))
+        for family, _, gpu in rows:
+            print(f"| {family} | {gpu[0]:.3f} | " + " | ".join(f"{g / gpu[0]:.3f}x" for g in gpu[1:]) + " |")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Tiny random-weight checkpoints with the real key layout, built from the host's own module
 classes so that the host's CheckpointLoaderSimple detects them as the family they claim.
 
-A family is a config (UNet config in the host's detected form, text encoder, VAE), not code:
-adding SDXL or SD2.x means adding an entry to FAMILIES.
+A family is a config (UNet or DiT config in the host's detected form, text encoder, VAE), not
+code: adding SDXL or SD2.x means adding an entry to FAMILIES.
 """
 import hashlib
 import json
@@ -114,7 +114,66 @@ FAMILIES = {
     "sdxl-full": {"unet": SDXL_FULL_UNET, "text_encoders": SDXL_TEXT, "vae": "taesd", "expected_model_type": "SDXL"},
 }
 
+# Flux.1 as the host's UNETLoader detects it: the hidden size from img_in, the text and vector
+# widths from txt_in and vector_in (so CLIP-L's 768 stands in for T5's 4096, and a tiny SD1.x
+# checkpoint's CLIP conditions it), block counts by key, guidance_in = dev. Heads: newer hosts
+# (0.33) derive hidden / 128, so 256 wide with 2 double + 2 single blocks is Flux; older ones
+# (0.3.75) fix 24 heads of 128, and there the smallest Flux is FLUX_FIXED_HEADS (545 M params).
+FLUX_TINY = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 768,
+    "context_in_dim": 768,
+    "hidden_size": 256,
+    "mlp_ratio": 4.0,
+    "num_heads": 2,
+    "depth": 2,
+    "depth_single_blocks": 2,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "qkv_bias": True,
+    "guidance_embed": True,
+    "patch_size": 2,
+}
+FLUX_FIXED_HEADS = {"hidden_size": 3072, "num_heads": 24, "depth": 1, "depth_single_blocks": 1}
+
+FAMILIES |= {
+    # Diffusion-model files (UNETLoader, models/diffusion_models/).
+    "flux-dev": {"dit": FLUX_TINY, "expected_model_type": "Flux"},
+    "flux-schnell": {"dit": FLUX_TINY | {"guidance_embed": False}, "expected_model_type": "FluxSchnell"},
+    # TAEF1's layout with 16 latent channels, one file (VAELoader, models/vae/).
+    "taef1": {"vae_latent_channels": 16},
+}
+
 SEED = 20241231
+
+
+def _flux_module(config):
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    return comfy.ldm.flux.model.Flux(**config, device="meta", operations=comfy.ops.disable_weight_init)
+
+
+def family_spec(family):
+    """FAMILIES[family] with what depends on the host resolved (the smallest Flux it detects)."""
+    import dataclasses
+
+    spec = FAMILIES[family]
+    if "dit" not in spec:
+        return spec
+    import comfy.ldm.flux.model
+    import comfy.model_detection
+
+    config = dict(spec["dit"])
+    # Newer hosts require it; Flux.1's detection sets it to no text id axes.
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        config["txt_ids_dims"] = []
+    detected = comfy.model_detection.detect_unet_config(_flux_module(config).state_dict(), "")
+    if detected["num_heads"] != config["num_heads"]:
+        config |= FLUX_FIXED_HEADS
+    return spec | {"dit": config}
 
 
 def _host_modules(spec):
@@ -125,6 +184,11 @@ def _host_modules(spec):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     comfy_dir = Path(comfy.clip_model.__file__).parent
+    if "dit" in spec:
+        return [("", _flux_module(spec["dit"]))]
+    if "vae_latent_channels" in spec:
+        with torch.device("meta"):
+            return [("", comfy.taesd.taesd.TAESD(latent_channels=spec["vae_latent_channels"]))]
     if "controlnet" in spec:
         import comfy.cldm.cldm
 
@@ -160,7 +224,7 @@ def build_state_dict(family, seed=SEED):
     """The whole checkpoint state dict for `family`, seeded."""
     import comfy.supported_models
 
-    spec = FAMILIES[family]
+    spec = family_spec(family)
     generator = torch.Generator().manual_seed(seed)
     state, text = {}, {}
     encoders = tuple(spec.get("text_encoders", ()))
@@ -185,7 +249,7 @@ def _store_dtype(name):
 
 
 def checkpoint_config_id(family, seed=SEED):
-    text = json.dumps({"family": FAMILIES[family], "seed": seed, "v": 1}, sort_keys=True)
+    text = json.dumps({"family": family_spec(family), "seed": seed, "v": 1}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 

@@ -1,4 +1,4 @@
-"""Diffusion features made ready for matching."""
+"""Diffusion features made ready for matching, and how the extractor batches its noise draws."""
 import torch
 import torch.nn.functional as F
 
@@ -20,3 +20,20 @@ def prepare_features(features, grid):
                          "(try fp32, another checkpoint, or a lower timestep)")
     resized = F.interpolate(features.float(), size=tuple(grid), mode="bilinear", align_corners=False)
     return F.normalize(resized, dim=1)
+
+
+def draws_per_call(ensemble, free_bytes, bytes_per_draw):
+    """How many of `ensemble` noise draws fit in one model call: free_bytes // bytes_per_draw, in [1, ensemble]."""
+    if ensemble < 1:
+        raise ValueError(f"draws_per_call: ensemble must be >= 1, got {ensemble}")
+    if bytes_per_draw <= 0:
+        raise ValueError(f"draws_per_call: bytes_per_draw must be > 0, got {bytes_per_draw}")
+    return int(min(ensemble, max(1, free_bytes // bytes_per_draw)))
+
+
+def split_draws(ensemble, per_call):
+    """The draws of each call, in order: `ensemble` split into the fewest calls of at most `per_call`, as even as possible."""
+    if ensemble < 1 or per_call < 1:
+        raise ValueError(f"split_draws: ensemble and per_call must be >= 1, got {ensemble} and {per_call}")
+    calls = -(-ensemble // per_call)
+    return [ensemble // calls + (i < ensemble % calls) for i in range(calls)]

@@ -35,3 +35,17 @@ def fuse_uncond_eps(eps, corr, lam, mask):
     # Eq. 7/8 as written (not lerp), so a plain per-position computation matches it bit for bit.
     fused = torch.where(mask[..., None], (1 - lam) * tokens + lam * warped, tokens)
     return rearrange(fused, "b (h w) c -> b c h w", h=eps.shape[-2])
+
+
+def eps_from_denoised(x, denoised, sigma, alpha):
+    """The noise of x = alpha x0 + sigma eps given x0 (`denoised`): `[B, ...]` -> `[B, ...]`.
+
+    alpha is 1 for EPS and V models (the host's x = x0 + sigma eps) and 1 - sigma for rectified
+    flow (CONST: x = (1 - sigma) x0 + sigma eps); `sigma`, `alpha` broadcast against x.
+    """
+    return (x - alpha * denoised) / sigma
+
+
+def denoised_change(eps_change, sigma, alpha):
+    """How x0 moves when eps moves by `eps_change` at fixed x: `[B, ...]` -> `[B, ...]` (x0 = (x - sigma eps) / alpha)."""
+    return -eps_change * sigma / alpha

@@ -6,11 +6,15 @@ import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
+from ..kernels.features import draws_per_call, split_draws
 from .types import DiftFeatures, Features
-from .unet_layout import default_up_level, output_block_of_up_level, unet_of
+from .family_unet import default_up_level, output_block_of_up_level, unet_of
 
 NODE = "EdichoFeatureExtractor"
 AUTO = -1
+# Loading a model to sample a batch, the host reserves its memory estimate for twice the batch
+# (sampler_helpers.estimate_memory): draws are batched so that this reservation fits in free memory.
+MEMORY_MARGIN = 2.0
 
 
 class _Captured(Exception):
@@ -66,10 +70,11 @@ class FeaturePass:
         self.sampler = comfy.samplers.KSAMPLER(_one_call_sampler)
 
     def __call__(self, noise):
-        """Features `[B, C, h, w]` (float32) for one noise draw shaped like the latent."""
+        """Features `[k*B, C, h, w]` (float32) for k noise draws `[k*B, C', h', w']` (draw-major) in one model call."""
+        draws = noise.shape[0] // self.latent.shape[0]
         with torch.no_grad():
             try:
-                self.guider.sample(noise, self.latent, self.sampler, self.sigmas, disable_pbar=True)
+                self.guider.sample(noise, self.latent.repeat(draws, 1, 1, 1), self.sampler, self.sigmas, disable_pbar=True)
             except _Captured:
                 pass
         if not self._store:
@@ -78,17 +83,41 @@ class FeaturePass:
         return self._store.pop().float().to(comfy.model_management.intermediate_device())
 
 
-def extract_features(model, vae, images, conditioning, timestep, up_level, ensemble, seed, progress=None):
-    """Mean over `ensemble` noise draws of the decoder-level features: IMAGE [B, H, W, C] -> ([B, C, h, w], latent grid, level)."""
+def fitting_draws(model, latent_shape, ensemble):
+    """How many noise draws one UNet call can take in the memory left on the model's device once its weights are loaded."""
+    mm = comfy.model_management
+    device = model.load_device
+    weights_to_load = 0
+    if not mm.is_device_cpu(device):
+        weights_to_load = model.model_size() - (model.loaded_size() if model.current_loaded_device() == device else 0)
+    free = mm.get_free_memory(device) - weights_to_load - mm.minimum_inference_memory()
+    return draws_per_call(ensemble, free, MEMORY_MARGIN * model.memory_required(list(latent_shape)))
+
+
+def extract_features(model, vae, images, conditioning, timestep, up_level, ensemble, seed, progress=None,
+                     per_call=None):
+    """Mean over `ensemble` noise draws of the decoder-level features: IMAGE [B, H, W, C] -> ([B, C, h, w], latent grid, level).
+
+    Draws are batched into as few UNet calls as free memory allows (`per_call` draws at most, if given).
+    The features are the same for the same seed and the same batching; another batching changes the
+    last bits of float rounding (matrix kernels round differently for another batch size).
+    """
     feature_pass = FeaturePass(model, vae, images, conditioning, timestep, up_level)
-    total = None
-    for noise in ensemble_noises(feature_pass.latent.shape, ensemble, seed):
+    latent_shape = feature_pass.latent.shape
+    noises = ensemble_noises(latent_shape, ensemble, seed)
+    if per_call is None:
+        per_call = fitting_draws(model, latent_shape, ensemble)
+    total, done = None, 0
+    for draws in split_draws(ensemble, per_call):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        draw = feature_pass(noise)
-        total = draw if total is None else total + draw
+        batched = feature_pass(torch.cat(noises[done:done + draws]))
+        # Summed draw by draw in order, as one draw per call would.
+        for draw in batched.split(latent_shape[0]):
+            total = draw if total is None else total + draw
+        done += draws
         if progress is not None:
-            progress.update(1)
-    return total / ensemble, tuple(feature_pass.latent.shape[-2:]), feature_pass.up_level
+            progress.update(draws)
+    return total / ensemble, tuple(latent_shape[-2:]), feature_pass.up_level
 
 
 def batch_of(images, node=NODE):
@@ -119,9 +148,11 @@ class EdichoFeatureExtractor(io.ComfyNode):
                              tooltip="Decoder level whose output is the feature (DIFT up_ft_index). -1 = auto, DIFT's 1/16 of "
                                      "the image side: 1 on SD1.x/SD2.x (DIFT's default), 0 on SDXL (1280 channels)."),
                 io.Int.Input("ensemble", default=8, min=1, max=64,
-                             tooltip="Noise draws averaged (DIFT: 8). Fewer is faster, noisier."),
+                             tooltip="Noise draws averaged (DIFT: 8), batched into as few model calls as free memory allows. "
+                                     "Fewer is faster, noisier."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="Seed of the noise draws: the same seed gives the same features."),
+                             tooltip="Seed of the noise draws: the same seed gives the same features (up to float rounding where "
+                                     "free memory lets more or fewer draws share one model call)."),
             ],
             outputs=[Features.Output(display_name="features")],
         )

@@ -1,12 +1,13 @@
 """EdichoNoiseFuser: Corr-CFG (Edicho §3.4) as a chained pre-CFG function on a model clone."""
+import comfy.model_sampling
 import torch
 from comfy_api.latest import io
 
-from ..kernels.fusion import fuse_uncond_eps, injection_mask
+from ..kernels.fusion import denoised_change, eps_from_denoised, fuse_uncond_eps, injection_mask
 from .patch_support import CorrespondenceOnDevice, check_grid
 from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
-from .unet_layout import unet_of
+from .families import family_of
 
 NODE = "EdichoNoiseFuser"
 READINGS = ("literal", "substituted")
@@ -15,8 +16,10 @@ READINGS = ("literal", "substituted")
 class CorrCfgFusion:
     """Fuses each target's unconditional noise with the reference's, warped, in eps space."""
 
-    def __init__(self, corr, gate, lam, gamma, seed, reading):
+    def __init__(self, corr, gate, lam, gamma, seed, reading, flow=False):
         self.corr = corr
+        # Rectified flow (CONST sampling, Flux): x = (1 - sigma) x0 + sigma eps; else x = x0 + sigma eps.
+        self.flow = flow
         self.gate = gate
         self.lam = lam
         self.gamma = gamma
@@ -57,10 +60,14 @@ class CorrCfgFusion:
         mask = masks[min(self.gate.step, masks.shape[0] - 1)]
         cond, uncond = conds_out[0], conds_out[1]
         sig = sigma.reshape(-1, *([1] * (x.ndim - 1))).float()
-        eps_u = (x.float() - uncond.float()) / sig
+        alpha = 1.0 - sig if self.flow else 1.0
+        if self.flow and bool((alpha <= 0).any()):
+            # sigma = 1: x is pure noise and x0 can't be recovered from an eps.
+            return conds_out
+        eps_u = eps_from_denoised(x.float(), uncond.float(), sig, alpha)
         fused = fuse_uncond_eps(eps_u, self.corr.at(x.device, tuple(x.shape[-2:])), self.lam, mask)
-        # u' = x - sigma eps_u' written as a change of u, so rows and positions left alone stay bit-exact.
-        new_uncond = (uncond.float() - (fused - eps_u) * sig).to(uncond.dtype)
+        # u' written as a change of u, so rows and positions left alone stay bit-exact.
+        new_uncond = (uncond.float() + denoised_change(fused - eps_u, sig, alpha)).to(uncond.dtype)
         if self.reading == "literal":
             # Eq. 9: eps_u' + s (eps_c - eps_u): the host computes u' + s (c' - u'), so shift c by u' - u.
             cond = cond + (new_uncond - uncond)
@@ -69,11 +76,14 @@ class CorrCfgFusion:
 
 def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed, reading):
     """A clone of `model` whose unconditional predictions are fused through the correspondence."""
-    unet_of(model, NODE)
+    family_of(model, NODE)
     gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
+    flow = isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
     patched = model.clone()
+    # A UNet reads the noise level at the start of its call (StepGate); other families ignore this patch.
     patched.set_model_emb_patch(gate)
-    patched.set_model_sampler_pre_cfg_function(CorrCfgFusion(CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading))
+    patched.set_model_sampler_pre_cfg_function(
+        CorrCfgFusion(CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading, flow=flow))
     return patched
 
 
@@ -85,7 +95,9 @@ class EdichoNoiseFuser(io.ComfyNode):
             display_name="Edicho Noise Fuser (Corr-CFG)",
             category="edicho/patches",
             description="Fuses each target's unconditional noise prediction with the reference's, warped through "
-                        "the correspondence (Edicho Corr-CFG). The conditional branch is left alone. No effect at cfg 1.",
+                        "the correspondence (Edicho Corr-CFG), in the model's own noise space (rectified flow for Flux). "
+                        "The conditional branch is left alone. No effect at cfg 1, where the host skips the "
+                        "unconditional pass: Flux dev, schnell and Kontext are guidance-distilled and run at cfg 1.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input is untouched)."),
                 CorrespondenceType.Input("correspondence", tooltip="From Edicho Matcher, built on the same image batch that is sampled."),

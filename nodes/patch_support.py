@@ -2,7 +2,7 @@
 step), and the checks that the batch being sampled is the one it was built for."""
 import threading
 
-from ..kernels.corr_attention import attention_sources
+from ..kernels.corr_attention import attention_sources, packed_attention_plan
 from ..kernels.correspondence import resize_correspondence
 
 
@@ -27,6 +27,11 @@ class CorrespondenceOnDevice:
         return self._cached(("sources", device, grid[0], grid[1], chunks),
                             lambda: attention_sources(self.at(device, grid), chunks, device))
 
+    def packed_attention_plan(self, device, grid, chunks):
+        """`kernels.corr_attention.packed_attention_plan` for this grid and chunk count, on `device`."""
+        return self._cached(("packed", device, grid[0], grid[1], chunks),
+                            lambda: packed_attention_plan(self.at(device, grid), chunks, device))
+
     def _cached(self, key, make):
         value = self._copies.get(key)
         if value is None:
@@ -39,13 +44,18 @@ class CorrespondenceOnDevice:
 
 def check_batch(node, corr, rows, extra_options):
     """Raise a clear error when the sampled batch or resolution is not the correspondence's."""
+    check_batch_rows(node, corr, rows, extra_options)
+    check_grid(node, corr, extra_options["original_shape"][-2:])
+
+
+def check_batch_rows(node, corr, rows, extra_options):
+    """Raise a clear error when a model call's `rows` are not chunks of the correspondence's batch."""
     chunks = len(extra_options.get("cond_or_uncond", [0]))
     batch = rows // chunks if rows % chunks == 0 else None
     if batch != corr.batch_size:
         raise ValueError(
             f"{node}: the sampler runs a batch of {rows // max(chunks, 1)} latents but the correspondence was built "
             f"for {corr.batch_size} images. Sample the same image batch that went into Edicho Matcher (one latent per photo).")
-    check_grid(node, corr, extra_options["original_shape"][-2:])
 
 
 def check_grid(node, corr, latent_grid):

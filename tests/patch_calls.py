@@ -4,19 +4,14 @@ from collections import Counter
 
 def count_corr_attention_calls(monkeypatch, pack):
     """Counter of active Corr-Attention calls by (block, block id, depth, tokens), filled as the host samples."""
-    warp = pack("nodes.attention_warp")
-    counts, current = Counter(), {}
-    patch_call, gather = warp.CorrAttentionPatch.__call__, warp.gather_attention_inputs
+    unet_family = pack("nodes.family_unet")
+    counts = Counter()
+    active = unet_family.CorrAttentionPatch.corr_attention
 
-    def call(self, q, k, v, extra_options):
-        current["layer"] = (*extra_options["block"], extra_options["block_index"])
-        return patch_call(self, q, k, v, extra_options)
+    # Only calls inside the active range get here, on either path; the others go straight to the wrapped attention.
+    def counting(self, q, k, v, extra_options):
+        counts[(*extra_options["block"], extra_options["block_index"], q.shape[1])] += 1
+        return active(self, q, k, v, extra_options)
 
-    # Only active calls gather: inactive steps go straight to the wrapped attention.
-    def counting_gather(q, k, v, sources, mode):
-        counts[(*current["layer"], q.shape[1])] += 1
-        return gather(q, k, v, sources, mode=mode)
-
-    monkeypatch.setattr(warp.CorrAttentionPatch, "__call__", call)
-    monkeypatch.setattr(warp, "gather_attention_inputs", counting_gather)
+    monkeypatch.setattr(unet_family.CorrAttentionPatch, "corr_attention", counting)
     return counts

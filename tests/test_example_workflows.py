@@ -18,8 +18,15 @@ TINY = {
     "sd-v1-5-inpainting.ckpt": ("sd15-inpaint", "checkpoints"),
     "instruct-pix2pix-00-22000.safetensors": ("sd15-ip2p", "checkpoints"),
     "control_v11p_sd15_canny.pth": ("sd15-controlnet", "controlnet"),
+    "flux1-dev-kontext_fp8_scaled.safetensors": ("flux-dev", "diffusion_models"),
+    "ae.safetensors": ("taef1", "vae"),
 }
-MODEL_INPUTS = ("ckpt_name", "control_net_name")
+# T5-XXL can't be built small (the host fixes its size): the tiny SD1.x checkpoint's CLIP-L stands in
+# for Flux's text encoders, which is why the tiny Flux takes 768-wide text.
+TEXT_ENCODERS = {"clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"}
+MODEL_INPUTS = ("ckpt_name", "control_net_name", "unet_name", "vae_name", "clip_name1", "clip_name2")
+# Run at 128x96 by tests/test_flux.py: at 256 px the 545 M-parameter Flux that 0.3.75 detects takes minutes.
+EXECUTED_ELSEWHERE = {"edicho_kontext.json"}
 
 
 def small(graph, tiny_checkpoint):
@@ -50,10 +57,10 @@ def example_photos(host):
 def test_every_example_names_only_models_with_a_tiny_stand_in():
     named = {node["inputs"][key] for path in API.glob("*.json") for node in json.loads(path.read_text()).values()
              for key in MODEL_INPUTS if key in node["inputs"]}
-    assert named == set(TINY)
+    assert named == set(TINY) | TEXT_ENCODERS
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in API.glob("*.json")))
+@pytest.mark.parametrize("name", sorted(p.name for p in API.glob("*.json") if p.name not in EXECUTED_ELSEWHERE))
 def test_example_workflow_executes(host, tiny_checkpoint, sample_files, example_photos, pack, monkeypatch, name):
     calls = count_corr_attention_calls(monkeypatch, pack)
     graph = small(json.loads((API / name).read_text()), tiny_checkpoint)

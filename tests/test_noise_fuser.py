@@ -5,12 +5,12 @@ import torch
 from patch_reference import random_correspondence
 
 
-def make_fusion(pack, corr, lam=0.8, gamma=0.9, seed=3, reading="literal", sigma_range=(10.0, 1.0)):
+def make_fusion(pack, corr, lam=0.8, gamma=0.9, seed=3, reading="literal", sigma_range=(10.0, 1.0), flow=False):
     fuser = pack("nodes.noise_fuser")
     support = pack("nodes.patch_support")
     steps = pack("nodes.step_range")
     gate = steps.StepGate(steps.StepRange(*sigma_range))
-    return fuser.CorrCfgFusion(support.CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading)
+    return fuser.CorrCfgFusion(support.CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading, flow=flow)
 
 
 def make_args(x, cond, uncond, sigma, schedule, cfg_uncond=True):
@@ -91,3 +91,38 @@ def test_a_batch_that_is_not_the_correspondence_batch_is_a_clear_error(pack):
     x = torch.randn(2, 4, 4, 4)
     with pytest.raises(ValueError, match="EdichoNoiseFuser.*batch of 2 latents.*3 images"):
         make_fusion(pack, corr)(make_args(x, x, x, torch.full((2,), 3.0), torch.tensor([3.0, 0.0])))
+
+
+@pytest.mark.parametrize("reading", ["literal", "substituted"])
+def test_flow_model_fusion_is_done_in_its_own_eps_space(pack, reading):
+    # Rectified flow (Flux, CONST sampling): x = (1 - sigma) x0 + sigma eps, predictions are x0.
+    kc = pack("kernels.correspondence")
+    injection_mask = pack("kernels.fusion").injection_mask
+    gen = torch.Generator().manual_seed(15)
+    corr = random_correspondence(kc.Correspondence, 3, (4, 5), 0, gen)
+    x, cond, uncond = (torch.randn(3, 4, 4, 5, generator=gen) for _ in range(3))
+    schedule = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    sigma = torch.full((3,), 0.5)
+    fused = make_fusion(pack, corr, seed=3, reading=reading, sigma_range=(1.0, 0.0), flow=True)(
+        make_args(x, cond, uncond, sigma, schedule))
+
+    mask = injection_mask(corr.valid, 0.9, torch.Generator().manual_seed(3 + 2))
+    to_eps = lambda x0: (x - 0.5 * x0) / 0.5  # noqa: E731
+    to_x0 = lambda eps: (x - 0.5 * eps) / 0.5  # noqa: E731
+    eps_u, eps_c = to_eps(uncond), to_eps(cond)
+    eps_u_fused = plain_fused_eps(eps_u, corr, 0.8, mask)
+    torch.testing.assert_close(fused[1], to_x0(eps_u_fused), rtol=1e-5, atol=1e-5)
+    guided = fused[1] + 7.0 * (fused[0] - fused[1])
+    other = eps_u if reading == "literal" else eps_u_fused
+    torch.testing.assert_close(guided, to_x0(eps_u_fused + 7.0 * (eps_c - other)), rtol=1e-4, atol=1e-4)
+    assert torch.equal(fused[1][0], uncond[0])
+
+
+def test_flow_model_at_sigma_one_is_left_alone(pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    gen = torch.Generator().manual_seed(16)
+    corr = random_correspondence(Correspondence, 3, (4, 4), 0, gen)
+    x, cond, uncond = (torch.randn(3, 4, 4, 4, generator=gen) for _ in range(3))
+    out = make_fusion(pack, corr, sigma_range=(1.0, 0.0), flow=True)(
+        make_args(x, cond, uncond, torch.full((3,), 1.0), torch.tensor([1.0, 0.0])))
+    assert out[0] is cond and out[1] is uncond

@@ -1,0 +1,260 @@
+"""Flux.1 end to end: Corr-Attention as the gather of the reference's attention output (exactly
+Eq. 3-4 with warped post-RoPE queries and the reference's K/V), Corr-CFG in the flow's eps space,
+tiny loader-detected Flux checkpoints sampled through the host with a correspondence from a
+tiny SD1.x in the same graph, Kontext context tokens left alone, chaining and clear errors."""
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+import runner
+import tiny_checkpoints
+from conftest import REPO
+from patch_reference import random_correspondence
+
+WIDTH, HEIGHT = 128, 96  # latent 16x12, Flux tokens 8x6: not square
+
+
+def reduced_flux():
+    """The host's own Flux class at a reduced size (not loader-detected): 2 double + 2 single blocks."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+              "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+              "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True, "patch_size": 2}
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        config["txt_ids_dims"] = []
+    torch.manual_seed(0)
+    model = comfy.supported_models.Flux(config).get_model({})
+    for name, param in model.diffusion_model.named_parameters():
+        param.data = torch.randn(param.shape) / math.sqrt(param.shape[-1]) if param.ndim > 1 else torch.zeros(param.shape)
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+def sample_reduced(model, batch=3, latent=(12, 10), steps=2, cfg=1.0):
+    import comfy.sample
+
+    gen = torch.Generator().manual_seed(5)
+    cond = [[torch.randn(1, 6, 32, generator=gen), {"pooled_output": torch.randn(1, 32, generator=gen), "guidance": 3.5}]]
+    noise = torch.randn(batch, 16, *latent, generator=gen)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", cond, cond, torch.zeros_like(noise),
+                               disable_pbar=True, seed=5)
+
+
+class Recorder:
+    """Another pack's optimized_attention_override: computes every attention call and records it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        out = func(*args, **kwargs)
+        options = kwargs["transformer_options"]
+        self.calls.append({"block": (options.get("block_type"), options.get("block_index")), "q": args[0], "k": args[1],
+                           "v": args[2], "out": out, "layout": options.get("edicho_image_tokens")})
+        return out
+
+
+def plain_joint_attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v for one row, per head: q `[H, M, D]`, k, v `[H, L, D]` -> `[M, H*D]`."""
+    weights = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (weights @ v.double()).permute(1, 0, 2).reshape(q.shape[1], -1)
+
+
+@pytest.fixture
+def flux_parts(host, pack):
+    Correspondence = pack("kernels.correspondence").Correspondence
+    corr = random_correspondence(Correspondence, 3, (12, 10), 1, torch.Generator().manual_seed(40), image_size=(96, 80))
+    return reduced_flux(), corr
+
+
+def test_warp_is_the_reference_attention_output_at_the_match(flux_parts, pack, monkeypatch):
+    model, corr = flux_parts
+    base = model.clone()
+    recorder = Recorder()
+    base.model_options["transformer_options"]["optimized_attention_override"] = recorder
+    patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "double.1, single.0", 0.0, 1.0, 1.0, "warp")
+    family = pack("nodes.family_flux")
+    results = []
+    gather = family.gather_image_tokens
+    monkeypatch.setattr(family, "gather_image_tokens", lambda *a, **kw: results.append(gather(*a, **kw)) or results[-1])
+    sample_reduced(patched)
+
+    active = [c for c in recorder.calls if c["block"] in {("double", 1), ("single", 0)}]
+    assert len(active) == len(results) == 4  # 2 blocks x 2 steps, one chunk (cfg 1)
+    assert Counter(c["block"] for c in recorder.calls) == Counter({(t, i): 2 for t in ("double", "single") for i in (0, 1)})
+    resized = pack("kernels.correspondence").resize_correspondence(corr, (6, 5))
+    for call, result in zip(active, results):
+        start, grid = call["layout"]
+        assert grid == (6, 5) and start == 6
+        q, k, v = call["q"], call["k"], call["v"]  # after RoPE: [rows, heads, tokens, dim]
+        for b in range(3):
+            own = plain_joint_attention(q[b], k[b], v[b])
+            expected = own.clone()
+            if b != corr.reference:
+                # Warped queries: the reference's (after RoPE) at the match, against the reference's K/V.
+                cells = resized.valid[b].nonzero().flatten()
+                warped_q = q[corr.reference][:, start + resized.index[b, cells]]
+                expected[start + cells] = plain_joint_attention(warped_q, k[corr.reference], v[corr.reference])
+            torch.testing.assert_close(result[b].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_another_attention_override_still_runs_on_every_call(flux_parts, pack):
+    model, corr = flux_parts
+    base = model.clone()
+    recorder = Recorder()
+    base.model_options["transformer_options"]["optimized_attention_override"] = recorder
+    patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "auto", 0.0, 1.0, 1.0, "share")
+    sample_reduced(patched)
+    # 4 blocks x 2 steps, plus the share mode's second call with the reference's K/V on the 2 single blocks.
+    assert len(recorder.calls) == 8 + 4
+    assert base.model_options["transformer_options"]["optimized_attention_override"] is recorder
+
+
+def test_outside_the_step_range_sampling_is_bit_identical(flux_parts, pack):
+    model, corr = flux_parts
+    warp, fuser = pack("nodes.attention_warp"), pack("nodes.noise_fuser")
+    patched = warp.apply_attention_warp(model, corr, "double, single", 0.9, 0.95, 1.0, "warp")
+    patched = fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.9, 0.95, 0, "literal")
+    assert torch.equal(sample_reduced(patched, cfg=2.0), sample_reduced(model, cfg=2.0))
+    inside = warp.apply_attention_warp(model, corr, "double, single", 0.0, 1.0, 1.0, "warp")
+    assert not torch.equal(sample_reduced(inside), sample_reduced(model))
+
+
+def test_noise_fuser_on_flux_works_in_flow_space_and_does_nothing_at_cfg_one(flux_parts, pack, monkeypatch):
+    model, corr = flux_parts
+    fuser = pack("nodes.noise_fuser")
+    patched = fuser.apply_noise_fuser(model, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
+    assert patched.model_options["sampler_pre_cfg_function"][-1].flow
+    calls = []
+    fuse = fuser.fuse_uncond_eps
+    monkeypatch.setattr(fuser, "fuse_uncond_eps", lambda *a: calls.append(1) or fuse(*a))
+    assert torch.equal(sample_reduced(patched, cfg=1.0), sample_reduced(model, cfg=1.0))
+    assert calls == []
+    assert not torch.equal(sample_reduced(patched, cfg=2.0), sample_reduced(model, cfg=2.0))
+    # The first of the 2 steps is at sigma 1 (pure noise: no x0 to recover from a fused eps).
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("layers, message", [
+    ("output", r"EdichoAttentionWarp: layer selection 'output' matches no attention layer of this model.*double\.0-1, single\.0-1"),
+    ("double.7", r"EdichoAttentionWarp: layer selection 'double.7' matches no attention layer.*double\.0-1"),
+])
+def test_unet_layer_syntax_on_flux_is_a_clear_error(flux_parts, pack, layers, message):
+    model, corr = flux_parts
+    with pytest.raises(ValueError, match=message):
+        pack("nodes.attention_warp").apply_attention_warp(model, corr, layers, 0.0, 1.0, 1.0, "warp")
+
+
+def test_correspondence_for_other_images_is_a_clear_error(flux_parts, pack):
+    model, corr = flux_parts
+    patched = pack("nodes.attention_warp").apply_attention_warp(model, corr, "auto", 0.0, 1.0, 1.0, "warp")
+    with pytest.raises(ValueError, match=r"EdichoAttentionWarp: the correspondence was built for a 10x12 latent.*runs 8x12"):
+        sample_reduced(patched, latent=(12, 8))
+    with pytest.raises(ValueError, match=r"EdichoAttentionWarp: the sampler runs a batch of 2 latents.*3 images"):
+        sample_reduced(patched, batch=2)
+
+
+def test_feature_extractor_refuses_flux_and_says_where_features_come_from(flux_parts, pack):
+    model, _ = flux_parts
+    with pytest.raises(ValueError, match=r"EdichoFeatureExtractor: .*Flux.*SD1\.5, SD2\.1 or SDXL checkpoint"):
+        pack("nodes.feature_extractor").FeaturePass(model, None, None, None, 261, -1)
+
+
+# Through the host's loaders and runner: the example workflow on tiny stand-ins.
+
+def kontext_graph(tiny_checkpoint, sample_files, steps=2, start=0.0, end=1.0):
+    """workflows/api/edicho_kontext.json, small: tiny SD1.x for features and text (CLIP-L; T5-XXL can't be
+    built small), tiny loader-detected Flux dev, TAEF1-layout VAE; 3 photos at 128x96."""
+    graph = json.loads((REPO / "workflows" / "api" / "edicho_kontext.json").read_text())
+    sd15 = tiny_checkpoint("sd15")
+    for node, name in zip(("load_a", "load_b", "load_c"), sample_files):
+        graph[node]["inputs"]["image"] = name
+    graph["crop"] = {"class_type": "ImageScale", "inputs": {"image": ["load_a", 0], "upscale_method": "bicubic",
+                                                           "width": WIDTH, "height": HEIGHT, "crop": "center"}}
+    graph["images"]["inputs"].update(image_1=["crop", 0], megapixels=WIDTH * HEIGHT / 1e6, multiple=16)
+    graph["features_ckpt"]["inputs"]["ckpt_name"] = sd15
+    graph["features"]["inputs"]["ensemble"] = 1
+    # Random-weight features pass no mutual check: match every cell so the gather has work.
+    graph["correspondence"]["inputs"]["mutual"] = False
+    graph["unet"]["inputs"]["unet_name"] = tiny_checkpoint("flux-dev", "diffusion_models")
+    graph["vae"]["inputs"]["vae_name"] = tiny_checkpoint("taef1", "vae")
+    assert graph["clip"]["class_type"] == "DualCLIPLoader" and graph["positive"]["inputs"]["clip"] == ["clip", 0]
+    graph["positive"]["inputs"]["clip"] = ["features_ckpt", 1]
+    del graph["clip"]
+    graph["attention"]["inputs"].update(start_percent=start, end_percent=end, layers="double, single")
+    graph["sample"]["inputs"]["steps"] = steps
+    return graph
+
+
+@pytest.fixture(scope="module")
+def flux_files(host, tiny_checkpoint):
+    tiny_checkpoint("flux-dev", "diffusion_models")
+    return tiny_checkpoint
+
+
+def test_tiny_flux_checkpoints_are_detected_by_the_host_loader(host, flux_files):
+    import comfy.model_sampling
+    import comfy.sd
+    import folder_paths
+
+    for family in ("flux-dev", "flux-schnell"):
+        model = comfy.sd.load_diffusion_model(folder_paths.get_full_path("diffusion_models", flux_files(family, "diffusion_models")))
+        assert type(model.model.model_config).__name__ == tiny_checkpoints.FAMILIES[family]["expected_model_type"]
+        assert comfy.model_sampling.CONST in type(model.model.model_sampling).__mro__
+
+
+def test_kontext_example_patches_every_block_and_leaves_context_tokens_alone(host, flux_files, sample_files, pack,
+                                                                             monkeypatch):
+    family = pack("nodes.family_flux")
+    seen = []
+    gather = family.gather_image_tokens
+
+    def recording(out, query_source, start, count, token_dim=1):
+        result = gather(out, query_source, start, count, token_dim)
+        seen.append((out, result, start, count))
+        return result
+
+    blocks = Counter()
+    call = family.FluxCorrAttention.__call__
+
+    def counting(self, func, *args, **kwargs):
+        before = len(seen)
+        out = call(self, func, *args, **kwargs)
+        if len(seen) > before:
+            options = kwargs["transformer_options"]
+            blocks[(options["block_type"], options["block_index"])] += 1
+        return out
+
+    monkeypatch.setattr(family, "gather_image_tokens", recording)
+    monkeypatch.setattr(family.FluxCorrAttention, "__call__", counting)
+    result = runner.run_graph(kontext_graph(flux_files, sample_files))
+
+    dm = result.output("unet").model.diffusion_model
+    expected = {("double", i) for i in range(len(dm.double_blocks))} | {("single", i) for i in range(len(dm.single_blocks))}
+    assert set(blocks) == expected and set(blocks.values()) == {2}
+    for out, patched, start, count in seen:
+        assert count == (HEIGHT // 16) * (WIDTH // 16)
+        # [text | image | Kontext context]: the context tokens (one reference image each) are there and untouched.
+        assert out.shape[1] == start + 2 * count
+        assert torch.equal(patched[:, start + count:], out[:, start + count:])
+        assert torch.equal(patched[:, :start], out[:, :start])
+        assert not torch.equal(patched[:, start:start + count], out[:, start:start + count])
+    images = result.output_list("restore")
+    assert len(images) == 3 and all(torch.isfinite(i).all() for i in images)
+
+
+def test_kontext_example_outside_the_step_range_is_bit_identical_to_unpatched(host, flux_files, sample_files):
+    graph = kontext_graph(flux_files, sample_files, start=1.0, end=1.0)
+    patched = runner.run_graph(graph).output("sample")["samples"]
+    graph["sample"]["inputs"]["model"] = ["unet", 0]
+    assert torch.equal(patched, runner.run_graph(graph).output("sample")["samples"])
