@@ -3,8 +3,9 @@
     ./edicho python bench/bench_patch_overhead.py [--families sd15 sd15-full sdxl sdxl-full] [--size 512]
         [--batch 4] [--steps 4] [--valid 1.0 0.9 0.5]
 
-Random-weight checkpoints with the real layout (tiny and full-size SD1.5 and SDXL), the host's own
-sampler (euler, cfg 7), both patches active on every step (worst case). Corr-Attention runs on random
+Random-weight checkpoints with the real layout (tiny and full-size SD1.5 and SDXL; tiny Flux dev,
+`flux-dev`, with the tiny SD1.x's CLIP-L for text and the TAEF1-layout VAE), the host's own
+sampler (euler, cfg 7: Flux runs Corr-CFG in flow space too), both patches active on every step (worst case). Corr-Attention runs on random
 correspondences with exactly the given fractions of valid target cells (fixed seed), on its default
 packed path, and once on the gather path (every target row attends, as before the packed path) for
 comparison. Prints markdown tables: seconds and the ratio to unpatched.
@@ -55,6 +56,22 @@ def random_correspondence(Correspondence, batch, grid, valid, seed=0):
     return Correspondence(index, mask, torch.ones(batch, cells), tuple(grid), 0, (grid[0] * 8, grid[1] * 8))
 
 
+def load_family(family):
+    """(model, clip, vae) of a tiny or full-size family; a DiT gets the tiny SD1.x's CLIP-L and the TAEF1 VAE."""
+    import comfy.sd
+    import comfy.utils
+
+    import tiny_checkpoints
+
+    def path(name):
+        return str(tiny_checkpoints.ensure_checkpoint(name, Path.home() / ".cache" / "comfyui-edicho" / "checkpoints"))
+
+    if "dit" not in tiny_checkpoints.FAMILIES[family]:
+        return comfy.sd.load_checkpoint_guess_config(path(family))[:3]
+    clip = comfy.sd.load_checkpoint_guess_config(path("sd15"))[1]
+    return comfy.sd.load_diffusion_model(path(family)), clip, comfy.sd.VAE(sd=comfy.utils.load_torch_file(path("taef1")))
+
+
 def gpu_time(run, model):
     """Seconds the GPU spent in kernels during one sampling call (torch profiler), after a warm call."""
     import torch
@@ -69,14 +86,12 @@ def gpu_time(run, model):
 def main():
     args = parse_args()
     import host
-    import tiny_checkpoints
 
     booted = host.start_host(base_directory=tempfile.mkdtemp(prefix="edicho-bench-"))
     import importlib
 
     import comfy.model_management as mm
     import comfy.sample
-    import comfy.sd
     import torch
 
     def pack(name):
@@ -87,16 +102,17 @@ def main():
     columns = ["gather path"] + [f"{valid:.0%} valid" for valid in args.valid]
     rows = []
     for family in args.families:
-        path = tiny_checkpoints.ensure_checkpoint(family, Path.home() / ".cache" / "comfyui-edicho" / "checkpoints")
-        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(path))
+        model, clip, vae = load_family(family)
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         latent = vae.encode(group_of(args.size, args.batch))
         noise = comfy.sample.prepare_noise(latent, 0)
 
         def edicho(corr, packed=True):
-            patched = warp.apply_attention_warp(model, corr, "output", 0.0, 1.0, 1.0, "warp")
-            for patch in patched.model_options["transformer_options"]["patches_replace"]["attn1"].values():
+            patched = warp.apply_attention_warp(model, corr, "auto", 0.0, 1.0, 1.0, "warp")
+            # Flux has no packed path: its Corr-Attention gathers outputs of the host's own attention.
+            replaces = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn1", {})
+            for patch in replaces.values():
                 patch.packed = packed
             return fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
 
