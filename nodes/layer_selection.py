@@ -15,7 +15,7 @@ def parse_layers(text, available, node):
         if not token:
             continue
         match = _TOKEN.match(token)
-        if match is None:
+        if match is None or match.group(1) not in names:
             raise ValueError(f"{node}: layer selection '{token}' is not understood. Use a block name of this model "
                              f"({', '.join(names)}), or a block range like '{names[-1]}.3-5', separated by commas.")
         name, first, last = match.group(1), match.group(2), match.group(3)

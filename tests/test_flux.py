@@ -146,7 +146,7 @@ def test_noise_fuser_on_flux_works_in_flow_space_and_does_nothing_at_cfg_one(flu
 
 
 @pytest.mark.parametrize("layers, message", [
-    ("output", r"EdichoAttentionWarp: layer selection 'output' matches no attention layer of this model.*double\.0-1, single\.0-1"),
+    ("output", r"EdichoAttentionWarp: layer selection 'output' is not understood\. Use a block name of this model \(double, single\)"),
     ("double.7", r"EdichoAttentionWarp: layer selection 'double.7' matches no attention layer.*double\.0-1"),
 ])
 def test_unet_layer_syntax_on_flux_is_a_clear_error(flux_parts, pack, layers, message):
