@@ -52,7 +52,10 @@ def import_host(comfyui_path=None, base_directory=None, extra_args=()):
         return _IMPORTED
     comfyui_path = Path(comfyui_path or os.environ["COMFYUI_PATH"]).resolve()
     base_directory = Path(base_directory or os.environ.get("EDICHO_HOST_HOME", REPO / ".host-home")).resolve()
-    for sub in ("models/checkpoints", "input", "output", "temp", "user"):
+    # Every model folder a test links files into exists before the host first lists it: the
+    # host's file-list cache notices new files in a folder it saw, not a folder made later.
+    for sub in ("models/checkpoints", "models/diffusion_models", "models/vae", "models/controlnet",
+                "input", "output", "temp", "user"):
         (base_directory / sub).mkdir(parents=True, exist_ok=True)
 
     argv = ["main.py", "--base-directory", str(base_directory), *extra_args]

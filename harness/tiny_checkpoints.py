@@ -258,7 +258,11 @@ def ensure_checkpoint(family, folder, seed=SEED):
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    path = folder / f"edicho-tiny-{family}-{checkpoint_config_id(family, seed)}.safetensors"
+    spec = family_spec(family)
+    # Hosts that detect different sizes share the cache: each size has its own name, so that one
+    # host's build never removes the other's as stale.
+    stem = f"{family}-h{spec['dit']['hidden_size']}" if "dit" in spec else family
+    path = folder / f"edicho-tiny-{stem}-{checkpoint_config_id(family, seed)}.safetensors"
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,7 +271,7 @@ def ensure_checkpoint(family, folder, seed=SEED):
     save_file(state, str(tmp), metadata={"edicho_tiny": family, "seed": str(seed)})
     tmp.rename(path)
     # Checkpoints of an older config of this family are never used again.
-    own_name = re.compile(rf"edicho-tiny-{re.escape(family)}-[0-9a-f]{{10}}\.safetensors")
+    own_name = re.compile(rf"edicho-tiny-{re.escape(stem)}-[0-9a-f]{{10}}\.safetensors")
     for stale in folder.iterdir():
         if stale != path and own_name.fullmatch(stale.name):
             stale.unlink()

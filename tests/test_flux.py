@@ -258,3 +258,21 @@ def test_kontext_example_outside_the_step_range_is_bit_identical_to_unpatched(ho
     patched = runner.run_graph(graph).output("sample")["samples"]
     graph["sample"]["inputs"]["model"] = ["unet", 0]
     assert torch.equal(patched, runner.run_graph(graph).output("sample")["samples"])
+
+
+def test_kontext_graph_with_both_patches_at_cfg_two_fuses_in_flow_space(host, flux_files, sample_files, pack,
+                                                                        monkeypatch):
+    fuser = pack("nodes.noise_fuser")
+    fused = []
+    fuse = fuser.fuse_uncond_eps
+    monkeypatch.setattr(fuser, "fuse_uncond_eps", lambda *a: fused.append(a[0].shape) or fuse(*a))
+    graph = kontext_graph(flux_files, sample_files, steps=3)
+    graph["fuser"] = {"class_type": "EdichoNoiseFuser", "inputs": {
+        "model": ["attention", 0], "correspondence": ["correspondence", 0], "lam": 0.8, "gamma": 0.9,
+        "start_percent": 0.0, "end_percent": 1.0, "seed": 0, "reading": "literal"}}
+    graph["sample"]["inputs"].update(model=["fuser", 0], cfg=2.0)
+    result = runner.run_graph(graph)
+    # 3 steps, the first at sigma 1 (pure noise) left alone: fused on the latent grid of 3 photos.
+    assert fused == [(3, 16, HEIGHT // 8, WIDTH // 8)] * 2
+    assert result.output("sample")["samples"].shape == (3, 16, HEIGHT // 8, WIDTH // 8)
+    assert torch.isfinite(result.output("sample")["samples"]).all()
