@@ -4,6 +4,7 @@ classes so that the host's CheckpointLoaderSimple detects them as the family the
 A family is a config (UNet or DiT config in the host's detected form, text encoder, VAE), not
 code: adding SDXL or SD2.x means adding an entry to FAMILIES.
 """
+import functools
 import hashlib
 import json
 import math
@@ -156,8 +157,9 @@ def _flux_module(config):
     return comfy.ldm.flux.model.Flux(**config, device="meta", operations=comfy.ops.disable_weight_init)
 
 
+@functools.cache
 def family_spec(family):
-    """FAMILIES[family] with what depends on the host resolved (the smallest Flux it detects)."""
+    """FAMILIES[family] with what depends on the host resolved (the smallest Flux it detects); not to be mutated."""
     import dataclasses
 
     spec = FAMILIES[family]

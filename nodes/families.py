@@ -1,7 +1,7 @@
 """Which model family a MODEL is, and a clear refusal for the ones Edicho does not support.
 
 Each family is one module (`family_unet`, `family_flux`) that knows its patch points, token
-layout and layers: `NAME`, `DEFAULT_LAYERS`, `matches(model)`, `attention_layers(model)`,
+layout and layers: `DEFAULT_LAYERS`, `matches(model)`, `attention_layers(model)`,
 `patch_attention(patched, corr, keys, gate, strength, mode, node)`.
 """
 from . import family_flux, family_unet

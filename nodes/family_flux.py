@@ -16,11 +16,9 @@ from comfy.ldm.flux.model import Flux
 from ..kernels.corr_attention import gather_image_tokens, share_image_tokens
 from .patch_support import check_batch_rows, check_grid
 
-NAME = "Flux.1"
 # The single-stream blocks: the second half of the network, like the UNet decoder where the paper
 # patches; the double blocks first align image and text. Not tuned on real weights (none here).
 DEFAULT_LAYERS = "single"
-LAYER_NAMES = ("double", "single")
 WRAPPER_KEY = "edicho_corr_attention"
 # Per model call: (first image token, token grid) of the joint sequence.
 LAYOUT_KEY = "edicho_image_tokens"

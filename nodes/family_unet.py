@@ -10,10 +10,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..kernels.corr_attention import gather_attention_inputs, packed_corr_attention
 from .patch_support import check_batch
 
-NAME = "UNet (SD1.x, SD2.x, SDXL)"
 # The paper's choice: every decoder self-attention layer.
 DEFAULT_LAYERS = "output"
-LAYER_NAMES = ("input", "middle", "output")
 
 
 def matches(model):
