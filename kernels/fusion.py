@@ -16,25 +16,26 @@ def injection_mask(valid, gamma, generator):
 
 
 def fuse_uncond_eps(eps, corr, lam, mask):
-    """eps' = (1 - lam) eps + lam Inj(warped reference eps, eps): `[B, C, H, W]` -> `[B, C, H, W]`.
+    """eps' = (1 - lam) eps + lam Inj(warped reference eps, eps): `[B, C, H, W]` or `[B, C, T, H, W]` -> same.
 
     `corr` must be on the grid (H, W); `mask` `[B, H*W]` bool (see `injection_mask`) says where
     the reference's value is injected (only where `corr` is valid, so never on the reference row).
-    Positions not injected keep their own value exactly, as (1 - lam) e + lam e = e.
+    Positions not injected keep their own value exactly, as (1 - lam) e + lam e = e. A 5-D latent
+    (Qwen-Image's one frame) moves all its channels and frames at a position together.
     """
-    if eps.ndim != 4 or tuple(eps.shape[-2:]) != tuple(corr.grid) or eps.shape[0] != corr.batch_size:
-        raise ValueError(f"fuse_uncond_eps: eps must be [{corr.batch_size}, C, {corr.grid[0]}, {corr.grid[1]}], "
-                         f"got {list(eps.shape)}")
+    if eps.ndim not in (4, 5) or tuple(eps.shape[-2:]) != tuple(corr.grid) or eps.shape[0] != corr.batch_size:
+        raise ValueError(f"fuse_uncond_eps: eps must be [{corr.batch_size}, C, {corr.grid[0]}, {corr.grid[1]}] or "
+                         f"[{corr.batch_size}, C, T, {corr.grid[0]}, {corr.grid[1]}], got {list(eps.shape)}")
     if mask.shape != corr.valid.shape:
         raise ValueError(f"fuse_uncond_eps: mask must be {list(corr.valid.shape)}, got {list(mask.shape)}")
     if lam == 0.0:
         return eps
     mask = mask.to(eps.device) & corr.valid.to(eps.device)
-    tokens = rearrange(eps, "b c h w -> b (h w) c")
+    tokens = rearrange(eps.flatten(1, -3), "b c h w -> b (h w) c")
     warped = warp_tokens(tokens[corr.reference], tokens, corr.index, mask)
     # Eq. 7/8 as written (not lerp), so a plain per-position computation matches it bit for bit.
     fused = torch.where(mask[..., None], (1 - lam) * tokens + lam * warped, tokens)
-    return rearrange(fused, "b (h w) c -> b c h w", h=eps.shape[-2])
+    return rearrange(fused, "b (h w) c -> b c h w", h=eps.shape[-2]).view(eps.shape)
 
 
 def eps_from_denoised(x, denoised, sigma, alpha):

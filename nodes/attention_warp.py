@@ -14,7 +14,7 @@ NODE = "EdichoAttentionWarp"
 def apply_attention_warp(model, corr, layers, start_percent, end_percent, strength, mode):
     """A clone of `model` with Corr-Attention on the selected attention layers."""
     family = family_of(model, NODE)
-    keys = parse_layers(family.DEFAULT_LAYERS if layers.strip().lower() == AUTO else layers,
+    keys = parse_layers(family.default_layers(model) if layers.strip().lower() == AUTO else layers,
                         family.attention_layers(model), NODE)
     gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
     patched = model.clone()
@@ -31,17 +31,18 @@ class EdichoAttentionWarp(io.ComfyNode):
             category="edicho/patches",
             description="Each target's self-attention queries the reference's keys/values, with the reference's "
                         "queries warped onto it through the correspondence (Edicho Corr-Attention). UNet (SD1.x, "
-                        "SD2.x, SDXL): decoder self-attention. Flux.1 (dev, schnell, Kontext): the image tokens of "
-                        "joint attention take the reference's attention output at the match; text and Kontext "
-                        "context tokens are left alone.",
+                        "SD2.x, SDXL): decoder self-attention. Flux.1 (dev, schnell, Kontext), Qwen-Image(-Edit), "
+                        "SD3/SD3.5: the image tokens of joint attention take the reference's attention output at the "
+                        "match; text and reference-image (Kontext, Qwen edit) tokens are left alone.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input is untouched)."),
                 CorrespondenceType.Input("correspondence", tooltip="From Edicho Matcher, built on the same image batch that is sampled."),
                 io.String.Input("layers", default=AUTO,
                                 tooltip="Attention layers to patch. auto = the family's default: UNet 'output' (every "
-                                        "decoder layer, the paper's choice), Flux 'single' (every single-stream block). "
+                                        "decoder layer, the paper's choice), Flux 'single' (every single-stream block), "
+                                        "Qwen-Image and SD3 the second half of the blocks ('double.30-59' on Qwen-Image). "
                                         "Or a list: UNet 'output.3-5, middle', 'input.7' (block numbers); Flux "
-                                        "'double.0-18, single.0-37'."),
+                                        "'double.0-18, single.0-37'; Qwen-Image, SD3 'double.10-23'."),
                 io.Float.Input("start_percent", default=0.08, min=0.0, max=1.0, step=0.01,
                                tooltip="Start of the active range, in percent of denoising (paper: step 4 of 50 = 0.08)."),
                 io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.01,

@@ -1,13 +1,14 @@
 """Which model family a MODEL is, and a clear refusal for the ones Edicho does not support.
 
-Each family is one module (`family_unet`, `family_flux`) that knows its patch points, token
-layout and layers: `DEFAULT_LAYERS`, `matches(model)`, `attention_layers(model)`,
-`patch_attention(patched, corr, keys, gate, strength, mode, node)`.
+Each family is one module (`family_unet`, `family_flux`, ...) that knows its patch points, token
+layout and layers: `matches(model)`, `attention_layers(model)`, `default_layers(model)` (the
+selection `auto` means), `patch_attention(patched, corr, keys, gate, strength, mode, node)`.
 """
-from . import family_flux, family_unet
+from . import family_flux, family_qwen_image, family_sd3, family_unet
 
-FAMILIES = (family_unet, family_flux)
-SUPPORTED = "SD1.x, SD2.x, SDXL (UNet) and Flux.1 (dev, schnell, Kontext)"
+FAMILIES = (family_unet, family_flux, family_qwen_image, family_sd3)
+SUPPORTED = ("SD1.x, SD2.x, SDXL (UNet), Flux.1 (dev, schnell, Kontext), Qwen-Image (and Edit 2509, 2511) "
+             "and SD3/SD3.5")
 
 
 def model_family_name(model):

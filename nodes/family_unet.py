@@ -10,12 +10,15 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..kernels.corr_attention import gather_attention_inputs, packed_corr_attention
 from .patch_support import check_batch
 
-# The paper's choice: every decoder self-attention layer.
-DEFAULT_LAYERS = "output"
 
 
 def matches(model):
     return isinstance(getattr(model.model, "diffusion_model", None), UNetModel)
+
+
+def default_layers(model):
+    """The paper's choice: every decoder self-attention layer."""
+    return "output"
 
 
 def unet_of(model, node):
@@ -25,7 +28,7 @@ def unet_of(model, node):
 
         raise ValueError(
             f"{node}: the model is {model_family_name(model)}, and DIFT features come from a UNet. Load an SD1.5, "
-            f"SD2.1 or SDXL checkpoint for this node: its correspondence works for a Flux model in the same graph.")
+            f"SD2.1 or SDXL checkpoint for this node: its correspondence works for a Flux, Qwen-Image or SD3 model in the same graph.")
     return model.model.diffusion_model
 
 

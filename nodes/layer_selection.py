@@ -1,5 +1,5 @@
 """Parse a layer selection such as 'output', 'output.3-5, middle' (UNet) or 'double.0-18, single'
-(Flux) into the family's layer keys."""
+(Flux, Qwen-Image, SD3) into the family's layer keys."""
 import re
 
 # The family's default selection.

@@ -18,7 +18,7 @@ class CorrCfgFusion:
 
     def __init__(self, corr, gate, lam, gamma, seed, reading, flow=False):
         self.corr = corr
-        # Rectified flow (CONST sampling, Flux): x = (1 - sigma) x0 + sigma eps; else x = x0 + sigma eps.
+        # Rectified flow (CONST sampling: Flux, Qwen-Image, SD3): x = (1 - sigma) x0 + sigma eps; else x = x0 + sigma eps.
         self.flow = flow
         self.gate = gate
         self.lam = lam
@@ -95,7 +95,8 @@ class EdichoNoiseFuser(io.ComfyNode):
             display_name="Edicho Noise Fuser (Corr-CFG)",
             category="edicho/patches",
             description="Fuses each target's unconditional noise prediction with the reference's, warped through "
-                        "the correspondence (Edicho Corr-CFG), in the model's own noise space (rectified flow for Flux). "
+                        "the correspondence (Edicho Corr-CFG), in the model's own noise space (rectified flow for Flux, "
+                        "Qwen-Image and SD3). "
                         "The conditional branch is left alone. No effect at cfg 1, where the host skips the "
                         "unconditional pass: Flux dev, schnell and Kontext are guidance-distilled and run at cfg 1.",
             inputs=[

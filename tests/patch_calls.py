@@ -15,3 +15,36 @@ def count_corr_attention_calls(monkeypatch, pack):
 
     monkeypatch.setattr(unet_family.CorrAttentionPatch, "corr_attention", counting)
     return counts
+
+
+class AttentionRecorder:
+    """Another pack's optimized_attention_override: computes every attention call and records it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        out = func(*args, **kwargs)
+        options = kwargs["transformer_options"]
+        self.calls.append({"block": (options.get("block_type"), options.get("block_index")), "q": args[0], "k": args[1],
+                           "v": args[2], "out": out, "layout": options.get("edicho_image_tokens"),
+                           "rows": len(options["cond_or_uncond"])})
+        return out
+
+
+def record_gathers(monkeypatch, pack):
+    """List of (attention output, patched output, first image token, image token count) per gather, as the host samples."""
+    joint = pack("nodes.joint_attention")
+    seen = []
+    gather = joint.gather_image_tokens
+
+    def recording(out, query_source, start, count, token_dim=1):
+        result = gather(out, query_source, start, count, token_dim)
+        seen.append((out, result, start, count))
+        return result
+
+    monkeypatch.setattr(joint, "gather_image_tokens", recording)
+    return seen

@@ -45,3 +45,28 @@ def corr_attention_reference(q, k, v, corr, heads, mode="warp"):
                     q_edit[p] = q[ref, corr.index[b, p]]
         out[row] = plain_attention(q_edit, k[ref], v[ref], heads)
     return out
+
+
+def plain_joint_attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v for one row, per head: q `[H, M, D]`, k, v `[H, L, D]` -> `[M, H*D]`."""
+    weights = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (weights @ v.double()).permute(1, 0, 2).reshape(q.shape[1], -1)
+
+
+def joint_corr_attention_reference(q, k, v, corr, start):
+    """Eq. 3-4 on a joint sequence, row by row (chunk-major rows): q, k, v `[R, H, L, D]` (after RoPE) -> `[R, L, H*D]`.
+
+    Each target's matched image tokens (`start` + p on `corr`'s grid) attend with the reference's
+    query at the match to the reference's K/V; every other token attends with its own row.
+    """
+    batch = corr.batch_size
+    out = torch.stack([plain_joint_attention(q[r], k[r], v[r]) for r in range(q.shape[0])])
+    for row in range(q.shape[0]):
+        chunk, b = divmod(row, batch)
+        if b == corr.reference:
+            continue
+        ref = chunk * batch + corr.reference
+        cells = corr.valid[b].nonzero().flatten()
+        warped_q = q[ref][:, start + corr.index[b, cells]]
+        out[row, start + cells] = plain_joint_attention(warped_q, k[ref], v[ref])
+    return out

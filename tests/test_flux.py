@@ -12,7 +12,8 @@ import torch
 import runner
 import tiny_checkpoints
 from conftest import REPO
-from patch_reference import random_correspondence
+from patch_calls import AttentionRecorder, record_gathers
+from patch_reference import joint_corr_attention_reference, random_correspondence
 
 WIDTH, HEIGHT = 128, 96  # latent 16x12, Flux tokens 8x6: not square
 
@@ -47,29 +48,6 @@ def sample_reduced(model, batch=3, latent=(12, 10), steps=2, cfg=1.0):
                                disable_pbar=True, seed=5)
 
 
-class Recorder:
-    """Another pack's optimized_attention_override: computes every attention call and records it."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, func, *args, **kwargs):
-        out = func(*args, **kwargs)
-        options = kwargs["transformer_options"]
-        self.calls.append({"block": (options.get("block_type"), options.get("block_index")), "q": args[0], "k": args[1],
-                           "v": args[2], "out": out, "layout": options.get("edicho_image_tokens")})
-        return out
-
-
-def plain_joint_attention(q, k, v):
-    """softmax(q k^T / sqrt(d)) v for one row, per head: q `[H, M, D]`, k, v `[H, L, D]` -> `[M, H*D]`."""
-    weights = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-    return (weights @ v.double()).permute(1, 0, 2).reshape(q.shape[1], -1)
-
-
 @pytest.fixture
 def flux_parts(host, pack):
     Correspondence = pack("kernels.correspondence").Correspondence
@@ -80,38 +58,28 @@ def flux_parts(host, pack):
 def test_warp_is_the_reference_attention_output_at_the_match(flux_parts, pack, monkeypatch):
     model, corr = flux_parts
     base = model.clone()
-    recorder = Recorder()
+    recorder = AttentionRecorder()
     base.model_options["transformer_options"]["optimized_attention_override"] = recorder
     patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "double.1, single.0", 0.0, 1.0, 1.0, "warp")
-    family = pack("nodes.family_flux")
-    results = []
-    gather = family.gather_image_tokens
-    monkeypatch.setattr(family, "gather_image_tokens", lambda *a, **kw: results.append(gather(*a, **kw)) or results[-1])
+    results = record_gathers(monkeypatch, pack)
     sample_reduced(patched)
 
     active = [c for c in recorder.calls if c["block"] in {("double", 1), ("single", 0)}]
     assert len(active) == len(results) == 4  # 2 blocks x 2 steps, one chunk (cfg 1)
     assert Counter(c["block"] for c in recorder.calls) == Counter({(t, i): 2 for t in ("double", "single") for i in (0, 1)})
     resized = pack("kernels.correspondence").resize_correspondence(corr, (6, 5))
-    for call, result in zip(active, results):
+    for call, (_, result, _, _) in zip(active, results):
         start, grid = call["layout"]
         assert grid == (6, 5) and start == 6
-        q, k, v = call["q"], call["k"], call["v"]  # after RoPE: [rows, heads, tokens, dim]
-        for b in range(3):
-            own = plain_joint_attention(q[b], k[b], v[b])
-            expected = own.clone()
-            if b != corr.reference:
-                # Warped queries: the reference's (after RoPE) at the match, against the reference's K/V.
-                cells = resized.valid[b].nonzero().flatten()
-                warped_q = q[corr.reference][:, start + resized.index[b, cells]]
-                expected[start + cells] = plain_joint_attention(warped_q, k[corr.reference], v[corr.reference])
-            torch.testing.assert_close(result[b].double(), expected, rtol=1e-5, atol=1e-5)
+        # Warped queries: the reference's (after RoPE, [rows, heads, tokens, dim]) at the match, against its K/V.
+        expected = joint_corr_attention_reference(call["q"], call["k"], call["v"], resized, start)
+        torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_another_attention_override_still_runs_on_every_call(flux_parts, pack):
     model, corr = flux_parts
     base = model.clone()
-    recorder = Recorder()
+    recorder = AttentionRecorder()
     base.model_options["transformer_options"]["optimized_attention_override"] = recorder
     patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "auto", 0.0, 1.0, 1.0, "share")
     sample_reduced(patched)
@@ -215,17 +183,11 @@ def test_tiny_flux_checkpoints_are_detected_by_the_host_loader(host, flux_files)
 
 def test_kontext_example_patches_every_block_and_leaves_context_tokens_alone(host, flux_files, sample_files, pack,
                                                                              monkeypatch):
-    family = pack("nodes.family_flux")
-    seen = []
-    gather = family.gather_image_tokens
-
-    def recording(out, query_source, start, count, token_dim=1):
-        result = gather(out, query_source, start, count, token_dim)
-        seen.append((out, result, start, count))
-        return result
+    family = pack("nodes.joint_attention")
+    seen = record_gathers(monkeypatch, pack)
 
     blocks = Counter()
-    call = family.FluxCorrAttention.__call__
+    call = family.JointCorrAttention.__call__
 
     def counting(self, func, *args, **kwargs):
         before = len(seen)
@@ -235,8 +197,7 @@ def test_kontext_example_patches_every_block_and_leaves_context_tokens_alone(hos
             blocks[(options["block_type"], options["block_index"])] += 1
         return out
 
-    monkeypatch.setattr(family, "gather_image_tokens", recording)
-    monkeypatch.setattr(family.FluxCorrAttention, "__call__", counting)
+    monkeypatch.setattr(family.JointCorrAttention, "__call__", counting)
     result = runner.run_graph(kontext_graph(flux_files, sample_files))
 
     dm = result.output("unet").model.diffusion_model

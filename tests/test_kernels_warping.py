@@ -118,6 +118,26 @@ def test_fuse_uncond_eps_matches_a_loop_and_lambda_zero_is_identity():
         fuse_uncond_eps(eps, corr, 0.8, mask[:, :3])
 
 
+def test_fuse_uncond_eps_on_a_one_frame_5d_latent_matches_a_loop():
+    g = torch.Generator().manual_seed(8)
+    corr = translation(3, (3, 5), [(0, 0), (1, -1), (0, 2)], reference=0, image_size=(24, 40))
+    eps = torch.randn(3, 16, 1, 3, 5, generator=g)
+    mask = injection_mask(corr.valid, 0.7, torch.Generator().manual_seed(9))
+    assert mask.any() and (corr.valid & ~mask).any()
+    out = fuse_uncond_eps(eps, corr, 0.8, mask)
+    assert out.shape == eps.shape
+    for b in range(3):
+        for p in range(15):
+            y, x = divmod(p, 5)
+            if mask[b, p]:
+                ry, rx = divmod(int(corr.index[b, p]), 5)
+                assert torch.equal(out[b, :, 0, y, x], (1 - 0.8) * eps[b, :, 0, y, x] + 0.8 * eps[0, :, 0, ry, rx])
+            else:
+                assert torch.equal(out[b, :, 0, y, x], eps[b, :, 0, y, x])
+    with pytest.raises(ValueError, match="fuse_uncond_eps: eps must be"):
+        fuse_uncond_eps(eps[..., :4], corr, 0.8, mask)
+
+
 @pytest.mark.parametrize("chunks", [1, 2, 3])
 @pytest.mark.parametrize("reference", [0, 2])
 def test_corr_attention_inputs_match_a_loop(chunks, reference):

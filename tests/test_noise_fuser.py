@@ -20,19 +20,19 @@ def make_args(x, cond, uncond, sigma, schedule, cfg_uncond=True):
 
 
 def plain_fused_eps(eps, corr, lam, mask):
-    """Eq. 7/8 position by position: (1 - lam) eps_u + lam Inj(warped ref eps_u, eps_u)."""
+    """Eq. 7/8 position by position: (1 - lam) eps_u + lam Inj(warped ref eps_u, eps_u); `[B, ..., H, W]`."""
     out = eps.clone()
-    b_count, channels, h, w = eps.shape
-    for b in range(b_count):
+    h, w = eps.shape[-2:]
+    for b in range(eps.shape[0]):
         if b == corr.reference:
             continue
         for p in range(h * w):
             y, x = divmod(p, w)
-            injected = eps[b, :, y, x]
+            injected = eps[b, ..., y, x]
             if mask[b, p]:
                 ry, rx = divmod(int(corr.index[b, p]), w)
-                injected = eps[corr.reference, :, ry, rx]
-            out[b, :, y, x] = (1 - lam) * eps[b, :, y, x] + lam * injected
+                injected = eps[corr.reference, ..., ry, rx]
+            out[b, ..., y, x] = (1 - lam) * eps[b, ..., y, x] + lam * injected
     return out
 
 
@@ -93,14 +93,16 @@ def test_a_batch_that_is_not_the_correspondence_batch_is_a_clear_error(pack):
         make_fusion(pack, corr)(make_args(x, x, x, torch.full((2,), 3.0), torch.tensor([3.0, 0.0])))
 
 
+@pytest.mark.parametrize("channels", [(4,), (16, 1)], ids=["4d", "qwen-5d"])
 @pytest.mark.parametrize("reading", ["literal", "substituted"])
-def test_flow_model_fusion_is_done_in_its_own_eps_space(pack, reading):
-    # Rectified flow (Flux, CONST sampling): x = (1 - sigma) x0 + sigma eps, predictions are x0.
+def test_flow_model_fusion_is_done_in_its_own_eps_space(pack, reading, channels):
+    # Rectified flow (Flux, Qwen-Image, SD3: CONST sampling): x = (1 - sigma) x0 + sigma eps, predictions are x0.
+    # Qwen-Image's latents are 5-D, one frame.
     kc = pack("kernels.correspondence")
     injection_mask = pack("kernels.fusion").injection_mask
     gen = torch.Generator().manual_seed(15)
     corr = random_correspondence(kc.Correspondence, 3, (4, 5), 0, gen)
-    x, cond, uncond = (torch.randn(3, 4, 4, 5, generator=gen) for _ in range(3))
+    x, cond, uncond = (torch.randn(3, *channels, 4, 5, generator=gen) for _ in range(3))
     schedule = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
     sigma = torch.full((3,), 0.5)
     fused = make_fusion(pack, corr, seed=3, reading=reading, sigma_range=(1.0, 0.0), flow=True)(

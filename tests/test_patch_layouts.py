@@ -122,21 +122,21 @@ def test_core_attention_patch_on_the_same_layer_still_runs(host, tiny_sd15, samp
     assert not torch.equal(with_sag.output("sample_plain")["samples"], without.output("sample_plain")["samples"])
 
 
-def tiny_sd3():
+def tiny_auraflow():
+    """AuraFlow, a family Edicho does not support, as the host's own class at a reduced size."""
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = {"in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "depth": 1, "patch_size": 2,
-              "adm_in_channels": 32, "pos_embed_max_size": 16, "num_patches": 256,
-              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 64}}}
-    model = comfy.supported_models.SD3(config).get_model({})
+    config = {"cond_seq_dim": 32, "dim": 64, "n_layers": 2, "n_double_layers": 1, "n_heads": 2, "global_conddim": 64,
+              "max_seq": 256}
+    model = comfy.supported_models.AuraFlow(config).get_model({})
     return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("node, message", [
-    ("attention_warp", r"EdichoAttentionWarp: the model is SD3, which Edicho does not support yet\. Supported: SD1\.x, SD2\.x, SDXL \(UNet\) and Flux\.1"),
-    ("noise_fuser", r"EdichoNoiseFuser: the model is SD3, which Edicho does not support yet"),
-    ("feature_extractor", r"EdichoFeatureExtractor: the model is SD3, and DIFT features come from a UNet\. Load an SD1\.5, SD2\.1 or SDXL"),
+    ("attention_warp", r"EdichoAttentionWarp: the model is AuraFlow, which Edicho does not support yet\. Supported: SD1\.x, SD2\.x, SDXL \(UNet\), Flux\.1.*Qwen-Image.*SD3/SD3\.5"),
+    ("noise_fuser", r"EdichoNoiseFuser: the model is AuraFlow, which Edicho does not support yet"),
+    ("feature_extractor", r"EdichoFeatureExtractor: the model is AuraFlow, and DIFT features come from a UNet\. Load an SD1\.5, SD2\.1 or SDXL"),
 ])
 def test_unsupported_dit_models_are_refused_with_a_clear_message(host, pack, node, message):
     Correspondence = pack("kernels.correspondence").Correspondence
@@ -145,7 +145,7 @@ def test_unsupported_dit_models_are_refused_with_a_clear_message(host, pack, nod
              "noise_fuser": lambda m: pack("nodes.noise_fuser").apply_noise_fuser(m, corr, 0.8, 0.9, 0, 1, 0, "literal"),
              "feature_extractor": lambda m: pack("nodes.feature_extractor").FeaturePass(m, None, None, None, 261, -1)}
     with pytest.raises(ValueError, match=message):
-        apply[node](tiny_sd3())
+        apply[node](tiny_auraflow())
 
 
 @pytest.mark.slow
