@@ -2,7 +2,8 @@
 classes so that the host's CheckpointLoaderSimple detects them as the family they claim.
 
 A family is a config (UNet or DiT config in the host's detected form, text encoder, VAE), not
-code: adding SDXL or SD2.x means adding an entry to FAMILIES.
+code: adding SDXL or SD2.x means adding an entry to FAMILIES (a DiT on a class not built yet,
+one to DIT_MODULES too).
 """
 import functools
 import hashlib
@@ -139,22 +140,74 @@ FLUX_TINY = {
 }
 FLUX_FIXED_HEADS = {"hidden_size": 3072, "num_heads": 24, "depth": 1, "depth_single_blocks": 1}
 
+# SD3.5 Medium as the host's UNETLoader detects an MMDiT (its "mmdit model" branch): depth from
+# x_embedder (hidden = 64 x depth, depth heads of 64, the last block's context side pre-only),
+# the text and pooled widths from context_embedder and y_embedder (CLIP-L's 768, so a tiny SD1.x
+# checkpoint's CLIP conditions it), RMS q/k norms, an image-only second self-attention on the
+# blocks listed (SD3.5 Medium has it on its first 13), pos_embed cropped from a 32 x 32 grid.
+# in_channels 16 and no pos_embed scaling is SD3; sampling is flow (CONST).
+SD35_MEDIUM_TINY = {
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "depth": 2,
+    "input_size": None,
+    "adm_in_channels": 768,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 768, "out_features": 128}},
+    "num_patches": 1024,
+    "pos_embed_max_size": 32,
+    "qk_norm": "rms",
+    "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [0],
+}
+
+# Qwen-Image as the host detects it: only in_channels (img_in) and the block count are read;
+# the width (24 heads of 128), the text width (3584, Qwen2.5-VL) and the rest are the class
+# defaults, so the smallest file is one full-width block (380 M params, 760 MB in fp16).
+QWEN_IMAGE_TINY = {"image_model": "qwen_image", "in_channels": 64, "num_layers": 1}
+
+# The Wan 2.1 VAE (also Qwen-Image's) as the host's VAELoader builds it: everything but dim is
+# fixed (it reads dim from decoder.head.0.gamma); 8x spatial, 4x temporal, 16 latent channels.
+WAN21_VAE_TINY = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+                  "temperal_downsample": [False, True, True], "dropout": 0.0}
+
 FAMILIES |= {
     # Diffusion-model files (UNETLoader, models/diffusion_models/).
     "flux-dev": {"dit": FLUX_TINY, "expected_model_type": "Flux"},
     "flux-schnell": {"dit": FLUX_TINY | {"guidance_embed": False}, "expected_model_type": "FluxSchnell"},
+    "sd35-medium": {"dit": SD35_MEDIUM_TINY, "expected_model_type": "SD3"},
+    "qwen-image": {"dit": QWEN_IMAGE_TINY, "expected_model_type": "QwenImage"},
     # TAEF1's layout with 16 latent channels, one file (VAELoader, models/vae/).
     "taef1": {"vae_latent_channels": 16},
+    # A Wan 2.1 / Qwen-Image VAE, one file (VAELoader, models/vae/).
+    "wan21-vae": {"wan_vae": WAN21_VAE_TINY},
+}
+
+# The host class that builds each DiT config, by the config's "image_model" as the host detects
+# it (its MMDiT branch sets none), and the config fields that name a file's size: hosts that
+# detect different sizes of one family (Flux's heads) share the cache under different names.
+DIT_MODULES = {
+    "flux": {"cls": "comfy.ldm.flux.model.Flux", "size": "h{hidden_size}"},
+    "mmdit": {"cls": "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT", "size": "d{depth}"},
+    "qwen_image": {"cls": "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel", "size": "l{num_layers}"},
 }
 
 SEED = 20241231
 
 
-def _flux_module(config):
-    import comfy.ldm.flux.model
+def _dit_kind(config):
+    return DIT_MODULES[config.get("image_model", "mmdit")]
+
+
+def _dit_module(config):
+    """The DiT config built by its host class on the meta device."""
+    import importlib
+
     import comfy.ops
 
-    return comfy.ldm.flux.model.Flux(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    module_name, class_name = _dit_kind(config)["cls"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**config, device="meta", operations=comfy.ops.disable_weight_init)
 
 
 @functools.cache
@@ -163,7 +216,7 @@ def family_spec(family):
     import dataclasses
 
     spec = FAMILIES[family]
-    if "dit" not in spec:
+    if spec.get("dit", {}).get("image_model") != "flux":
         return spec
     import comfy.ldm.flux.model
     import comfy.model_detection
@@ -172,7 +225,7 @@ def family_spec(family):
     # Newer hosts require it; Flux.1's detection sets it to no text id axes.
     if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
         config["txt_ids_dims"] = []
-    detected = comfy.model_detection.detect_unet_config(_flux_module(config).state_dict(), "")
+    detected = comfy.model_detection.detect_unet_config(_dit_module(config).state_dict(), "")
     if detected["num_heads"] != config["num_heads"]:
         config |= FLUX_FIXED_HEADS
     return spec | {"dit": config}
@@ -187,7 +240,12 @@ def _host_modules(spec):
 
     comfy_dir = Path(comfy.clip_model.__file__).parent
     if "dit" in spec:
-        return [("", _flux_module(spec["dit"]))]
+        return [("", _dit_module(spec["dit"]))]
+    if "wan_vae" in spec:
+        import comfy.ldm.wan.vae
+
+        with torch.device("meta"):
+            return [("", comfy.ldm.wan.vae.WanVAE(**spec["wan_vae"]))]
     if "vae_latent_channels" in spec:
         with torch.device("meta"):
             return [("", comfy.taesd.taesd.TAESD(latent_channels=spec["vae_latent_channels"]))]
@@ -214,8 +272,8 @@ def _init_tensor(name, shape, generator):
         return torch.ones(shape)
     if leaf == "bias" or name.endswith("vae_shift") or len(shape) == 0:
         return torch.zeros(shape)
-    if len(shape) == 1:
-        return torch.ones(shape)  # norm weights
+    if len(shape) == 1 or leaf == "gamma":
+        return torch.ones(shape)  # norm weights (the Wan VAE's RMS norms keep broadcast dims)
     if "embedding" in name:
         return torch.randn(shape, generator=generator) * 0.02
     fan_in = math.prod(shape[1:])
@@ -263,7 +321,7 @@ def ensure_checkpoint(family, folder, seed=SEED):
     spec = family_spec(family)
     # Hosts that detect different sizes share the cache: each size has its own name, so that one
     # host's build never removes the other's as stale.
-    stem = f"{family}-h{spec['dit']['hidden_size']}" if "dit" in spec else family
+    stem = f"{family}-{_dit_kind(spec['dit'])['size'].format(**spec['dit'])}" if "dit" in spec else family
     path = folder / f"edicho-tiny-{stem}-{checkpoint_config_id(family, seed)}.safetensors"
     if path.exists():
         return path
