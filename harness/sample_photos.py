@@ -1,5 +1,6 @@
 """Bundled sample photos: scikit-image's photo of Chelsea the cat, turned into a small group
-of the same subject under different crops, scales and a flip (what Edicho is for)."""
+of the same subject under different crops, scales and a flip (what Edicho is for), and its
+coffee cup as the exemplar object of the Paint-by-Example workflow."""
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,22 @@ def write_sample_group(folder, size=256, masked_reference=False):
         Image.fromarray(pixels).save(folder / file_name)
         names.append(file_name)
     return names
+
+
+# (top, left, height, width) of the cup in scikit-image's 400x600 coffee photo.
+EXEMPLAR_CROP = (40, 170, 300, 300)
+
+
+def write_exemplar(folder, size=256):
+    """Save the exemplar object (a coffee cup) as a `size` x `size` PNG in `folder`; return its file name."""
+    from PIL import Image
+    from skimage import data
+
+    top, left, h, w = EXEMPLAR_CROP
+    photo = torch.from_numpy(np.ascontiguousarray(data.coffee()[top:top + h, left:left + w])).float().div(255)
+    image = F.interpolate(photo.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", antialias=True,
+                          align_corners=False)[0].clamp(0, 1).permute(1, 2, 0)
+    file_name = f"coffee-exemplar-{size}.png"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(Path(folder) / file_name)
+    return file_name

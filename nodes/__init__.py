@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 from .apply import EdichoApply
 from .attention_warp import EdichoAttentionWarp
 from .batch_images import EdichoBatchImages, EdichoRestoreImages
+from .encode_photos import EdichoEncodePhotos
 from .feature_extractor import EdichoFeatureExtractor
 from .matcher import EdichoMatcher
 from .noise_fuser import EdichoNoiseFuser
@@ -20,6 +21,7 @@ NODES = [
     EdichoApply,
     EdichoBatchImages,
     EdichoRestoreImages,
+    EdichoEncodePhotos,
 ]
 
 

@@ -7,17 +7,21 @@ host's own class at a reduced size (real code, not loader-detected); the loader-
 checkpoint is exercised by tests/test_tiny_dit_checkpoints.py.
 """
 import inspect
+import json
 import math
 from collections import Counter
 
 import pytest
 import torch
 
+import runner
+from conftest import REPO
 from patch_calls import AttentionRecorder, record_gathers
 from patch_reference import joint_corr_attention_reference, random_correspondence
 
 LATENT = (12, 10)  # Qwen tokens 6x5: not square
 TEXT = 6
+WIDTH, HEIGHT = 128, 96  # the example graphs' canvas: latent 16x12, tokens 8x6
 
 
 def reduced_qwen(text_width=32, ref_method=None):
@@ -165,3 +169,113 @@ def test_mismatched_correspondence_or_frames_are_clear_errors(qwen_parts, pack):
     fused = pack("nodes.noise_fuser").apply_noise_fuser(model, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
     with pytest.raises(ValueError, match=r"EdichoNoiseFuser: the sampler runs a batch of 2 latents"):
         sample_reduced(fused, batch=2, steps=3)
+
+
+# The example workflows through the host's runner, on tiny stand-ins.
+
+class ReducedQwenImage:
+    """Stands in for UNETLoader in the example graphs: the reduced Qwen-Image, 768-wide text (CLIP-L's)."""
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        return (reduced_qwen(text_width=768),)
+
+
+def example_graph(name, tiny_checkpoint, photos, steps=3, start=0.0, end=1.0):
+    """workflows/api/<name>.json with tiny stand-ins: the tiny SD1.x for features and text (Qwen2.5-VL can't be built
+    small), the reduced Qwen-Image, the tiny Wan 2.1 VAE; 3 photos at 128x96, 1 feature draw, `steps` steps."""
+    graph = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    for node, file_name in zip(("load_a", "load_b", "load_c"), photos):
+        graph[node]["inputs"]["image"] = file_name
+    graph["crop"] = {"class_type": "ImageScale", "inputs": {"image": ["load_a", 0], "upscale_method": "bicubic",
+                                                           "width": WIDTH, "height": HEIGHT, "crop": "center"}}
+    graph["images"]["inputs"].update(image_1=["crop", 0], megapixels=WIDTH * HEIGHT / 1e6, multiple=16)
+    if "mask_1" in graph["images"]["inputs"]:
+        # The region painted on the reference, cropped with it.
+        graph["mask_image"] = {"class_type": "MaskToImage", "inputs": {"mask": ["load_a", 1]}}
+        graph["mask_crop"] = {"class_type": "ImageScale", "inputs": {"image": ["mask_image", 0], "upscale_method": "bilinear",
+                                                                    "width": WIDTH, "height": HEIGHT, "crop": "center"}}
+        graph["mask_cropped"] = {"class_type": "ImageToMask", "inputs": {"image": ["mask_crop", 0], "channel": "red"}}
+        graph["images"]["inputs"]["mask_1"] = ["mask_cropped", 0]
+    graph["features_ckpt"]["inputs"]["ckpt_name"] = tiny_checkpoint("sd15")
+    graph["features"]["inputs"]["ensemble"] = 1
+    # Random-weight features pass no mutual check: match every cell so the gather has work.
+    graph["correspondence"]["inputs"]["mutual"] = False
+    graph["unet"] = {"class_type": "EdichoTestReducedQwenImage", "inputs": {}}
+    assert graph["clip"]["class_type"] == "CLIPLoader"
+    del graph["clip"]
+    for node in ("positive", "negative"):
+        graph[node]["inputs"]["clip"] = ["features_ckpt", 1]
+    graph["vae"]["inputs"]["vae_name"] = tiny_checkpoint("wan21-vae", "vae")
+    graph["attention"]["inputs"].update(start_percent=start, end_percent=end)
+    graph["fuser"]["inputs"].update(start_percent=start, end_percent=end)
+    graph["sample"]["inputs"]["steps"] = steps
+    return graph
+
+
+@pytest.fixture
+def qwen_examples(host, tiny_checkpoint, monkeypatch):
+    import nodes
+    import sample_photos
+
+    monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, "EdichoTestReducedQwenImage", ReducedQwenImage)
+    folder = host.base_directory / "input"
+    photos = sample_photos.write_sample_group(folder, 256, masked_reference=True)
+    return tiny_checkpoint, photos, sample_photos.write_exemplar(folder, 256)
+
+
+@pytest.mark.parametrize("name, references", [("edicho_qwen_edit", 1), ("edicho_exemplar", 2)])
+def test_example_runs_both_patches_and_leaves_every_reference_token_alone(qwen_examples, pack, monkeypatch, name,
+                                                                          references):
+    tiny_checkpoint, photos, exemplar = qwen_examples
+    fuser = pack("nodes.noise_fuser")
+    fused = []
+    fuse = fuser.fuse_uncond_eps
+    monkeypatch.setattr(fuser, "fuse_uncond_eps", lambda *a: fused.append(a[0].shape) or fuse(*a))
+    seen = record_gathers(monkeypatch, pack)
+    graph = example_graph(name, tiny_checkpoint, photos)
+    if "load_exemplar" in graph:
+        graph["load_exemplar"]["inputs"]["image"] = exemplar
+    result = runner.run_graph(graph)
+
+    latent = (HEIGHT // 8, WIDTH // 8)
+    assert result.output("photo_latents")["samples"].shape == (3, 16, 1, *latent)
+    # auto = block 1 of 2, on each of 3 steps; cond and uncond rows in one call.
+    assert len(seen) == 3
+    tokens = (HEIGHT // 16) * (WIDTH // 16)
+    for out, patched, start, count in seen:
+        assert count == tokens and out.shape[0] == 6
+        # [text | image | each photo's own latent | the exemplar (256 px: 16x16 tokens)]
+        exemplar_tokens = 16 * 16 if references == 2 else 0
+        assert out.shape[1] == start + 2 * count + exemplar_tokens
+        assert torch.equal(patched[:, start + count:], out[:, start + count:])
+        assert torch.equal(patched[:, :start], out[:, :start])
+        assert not torch.equal(patched[:, start:start + count], out[:, start:start + count])
+    # Corr-CFG on the 5-D latent of 3 photos, the first step (sigma 1) left alone.
+    assert fused == [(3, 16, 1, *latent)] * 2
+    restored = result.output_list("restore")
+    assert [tuple(r.shape) for r in restored] == [(1, HEIGHT, WIDTH, 3), (1, 256, 256, 3), (1, 256, 256, 3)]
+    assert all(torch.isfinite(r).all() for r in restored)
+    if name == "edicho_exemplar":
+        # Drawn on the reference, carried to the others; the reference (the canvas' own size) is pasted
+        # back only inside its mask.
+        # The restored photos are clamped to [0, 1]; the bicubic crop overshoots a little.
+        masks, original = result.output("masks"), result.output("crop")[0].clamp(0, 1)
+        assert masks.shape == (3, HEIGHT, WIDTH) and masks[0].sum() > 0 and masks[1:].sum() > 0
+        outside, inside = masks[0] <= 0.5, masks[0] > 0.5
+        assert torch.equal(restored[0][0][outside], original[outside])
+        assert not torch.equal(restored[0][0][inside], original[inside])
+
+
+def test_qwen_edit_example_outside_the_step_range_is_bit_identical_to_unpatched(qwen_examples):
+    tiny_checkpoint, photos, _ = qwen_examples
+    graph = example_graph("edicho_qwen_edit", tiny_checkpoint, photos, steps=2, start=1.0, end=1.0)
+    patched = runner.run_graph(graph).output("sample")["samples"]
+    graph["sample"]["inputs"]["model"] = ["unet", 0]
+    assert torch.equal(patched, runner.run_graph(graph).output("sample")["samples"])
