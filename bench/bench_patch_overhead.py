@@ -4,7 +4,9 @@
         [--batch 4] [--steps 4] [--valid 1.0 0.9 0.5]
 
 Random-weight checkpoints with the real layout (tiny and full-size SD1.5 and SDXL; tiny Flux dev,
-`flux-dev`, with the tiny SD1.x's CLIP-L for text and the TAEF1-layout VAE), the host's own
+`flux-dev`, and SD3.5 Medium's shape, `sd35-medium`, with the tiny SD1.x's CLIP-L for text and the
+TAEF1-layout VAE; the smallest Qwen-Image the host's loader takes, `qwen-image` (one 3072-wide
+block), with random 3584-wide text and the tiny Wan 2.1 VAE), the host's own
 sampler (euler, cfg 7: Flux runs Corr-CFG in flow space too), both patches active on every step (worst case). Corr-Attention runs on random
 correspondences with exactly the given fractions of valid target cells (fixed seed), on its default
 packed path, and once on the gather path (every target row attends, as before the packed path) for
@@ -57,7 +59,8 @@ def random_correspondence(Correspondence, batch, grid, valid, seed=0):
 
 
 def load_family(family):
-    """(model, clip, vae) of a tiny or full-size family; a DiT gets the tiny SD1.x's CLIP-L and the TAEF1 VAE."""
+    """(model, clip, vae) of a tiny or full-size family; a DiT gets the tiny SD1.x's CLIP-L and the TAEF1 VAE,
+    Qwen-Image no CLIP (its text encoder can't be built small) and the tiny Wan 2.1 VAE."""
     import comfy.sd
     import comfy.utils
 
@@ -68,8 +71,20 @@ def load_family(family):
 
     if "dit" not in tiny_checkpoints.FAMILIES[family]:
         return comfy.sd.load_checkpoint_guess_config(path(family))[:3]
+    model = comfy.sd.load_diffusion_model(path(family))
+    if family == "qwen-image":
+        return model, None, comfy.sd.VAE(sd=comfy.utils.load_torch_file(path("wan21-vae")))
     clip = comfy.sd.load_checkpoint_guess_config(path("sd15"))[1]
-    return comfy.sd.load_diffusion_model(path(family)), clip, comfy.sd.VAE(sd=comfy.utils.load_torch_file(path("taef1")))
+    return model, clip, comfy.sd.VAE(sd=comfy.utils.load_torch_file(path("taef1")))
+
+
+def conditioning(clip, text):
+    """CLIP-encoded `text`, or random Qwen2.5-VL-wide text (3584) where there is no CLIP."""
+    import torch
+
+    if clip is None:
+        return [[torch.randn(1, 16, 3584, generator=torch.Generator().manual_seed(len(text))), {}]]
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 def gpu_time(run, model):
@@ -103,9 +118,8 @@ def main():
     rows = []
     for family in args.families:
         model, clip, vae = load_family(family)
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
-        negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        latent = vae.encode(group_of(args.size, args.batch))
+        positive, negative = conditioning(clip, "a photo of a cat"), conditioning(clip, "")
+        latent = pack("nodes.encode_photos").encode_each(vae, group_of(args.size, args.batch))
         noise = comfy.sample.prepare_noise(latent, 0)
 
         def edicho(corr, packed=True):
