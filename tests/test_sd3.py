@@ -162,8 +162,11 @@ def sd35_graph(tiny_checkpoint, sample_files, steps=2, start=0.0, end=1.0):
     sd15 = tiny_checkpoint("sd15")
     graph = {
         **{f"load_{i}": {"class_type": "LoadImage", "inputs": {"image": name}} for i, name in enumerate(sample_files)},
+        # The reference sets the canvas' aspect: not square.
+        "crop": {"class_type": "ImageScale", "inputs": {"image": ["load_0", 0], "upscale_method": "bicubic",
+                                                        "width": WIDTH, "height": HEIGHT, "crop": "center"}},
         "images": {"class_type": "EdichoBatchImages", "inputs": {
-            "image_1": ["load_0", 0], "image_2": ["load_1", 0], "image_3": ["load_2", 0],
+            "image_1": ["crop", 0], "image_2": ["load_1", 0], "image_3": ["load_2", 0],
             "megapixels": WIDTH * HEIGHT / 1e6, "multiple": 16, "fit": "crop", "group_size": 8, "only_group": -1}},
         "features_ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15}},
         "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["features_ckpt", 1]}},
@@ -188,6 +191,7 @@ def sd35_graph(tiny_checkpoint, sample_files, steps=2, start=0.0, end=1.0):
             "model": ["fuser", 0], "positive": ["positive", 0], "negative": ["empty", 0], "latent_image": ["latent", 0],
             "seed": 7, "steps": steps, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}},
     }
     return graph
 
