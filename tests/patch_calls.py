@@ -48,3 +48,12 @@ def record_gathers(monkeypatch, pack):
 
     monkeypatch.setattr(joint, "gather_image_tokens", recording)
     return seen
+
+
+def record_fusions(monkeypatch, pack):
+    """List of the eps shapes Corr-CFG fused, one per fusion, as the host samples."""
+    fuser = pack("nodes.noise_fuser")
+    shapes = []
+    fuse = fuser.fuse_uncond_eps
+    monkeypatch.setattr(fuser, "fuse_uncond_eps", lambda *a: shapes.append(tuple(a[0].shape)) or fuse(*a))
+    return shapes

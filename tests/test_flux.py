@@ -1,58 +1,29 @@
 """Flux.1 end to end: Corr-Attention as the gather of the reference's attention output (exactly
 Eq. 3-4 with warped post-RoPE queries and the reference's K/V), Corr-CFG in the flow's eps space,
 tiny loader-detected Flux checkpoints sampled through the host with a correspondence from a
-tiny SD1.x in the same graph, Kontext context tokens left alone, chaining and clear errors."""
+tiny SD1.x in the same graph, Kontext context tokens left alone. What every DiT family does
+(chaining, bit-identity, Corr-CFG, errors) is in tests/test_dit_families.py."""
 import json
-import math
 from collections import Counter
 
 import pytest
 import torch
 
+import reduced_dits
 import runner
 import tiny_checkpoints
 from conftest import REPO
-from patch_calls import AttentionRecorder, record_gathers
+from patch_calls import AttentionRecorder, record_fusions, record_gathers
 from patch_reference import joint_corr_attention_reference, random_correspondence
 
 WIDTH, HEIGHT = 128, 96  # latent 16x12, Flux tokens 8x6: not square
-
-
-def reduced_flux():
-    """The host's own Flux class at a reduced size (not loader-detected): 2 double + 2 single blocks."""
-    import dataclasses
-
-    import comfy.ldm.flux.model
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-              "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
-              "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True, "patch_size": 2}
-    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
-        config["txt_ids_dims"] = []
-    torch.manual_seed(0)
-    model = comfy.supported_models.Flux(config).get_model({})
-    for name, param in model.diffusion_model.named_parameters():
-        param.data = torch.randn(param.shape) / math.sqrt(param.shape[-1]) if param.ndim > 1 else torch.zeros(param.shape)
-    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
-
-
-def sample_reduced(model, batch=3, latent=(12, 10), steps=2, cfg=1.0):
-    import comfy.sample
-
-    gen = torch.Generator().manual_seed(5)
-    cond = [[torch.randn(1, 6, 32, generator=gen), {"pooled_output": torch.randn(1, 32, generator=gen), "guidance": 3.5}]]
-    noise = torch.randn(batch, 16, *latent, generator=gen)
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", cond, cond, torch.zeros_like(noise),
-                               disable_pbar=True, seed=5)
 
 
 @pytest.fixture
 def flux_parts(host, pack):
     Correspondence = pack("kernels.correspondence").Correspondence
     corr = random_correspondence(Correspondence, 3, (12, 10), 1, torch.Generator().manual_seed(40), image_size=(96, 80))
-    return reduced_flux(), corr
+    return reduced_dits.flux(), corr
 
 
 def test_warp_is_the_reference_attention_output_at_the_match(flux_parts, pack, monkeypatch):
@@ -62,7 +33,7 @@ def test_warp_is_the_reference_attention_output_at_the_match(flux_parts, pack, m
     base.model_options["transformer_options"]["optimized_attention_override"] = recorder
     patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "double.1, single.0", 0.0, 1.0, 1.0, "warp")
     results = record_gathers(monkeypatch, pack)
-    sample_reduced(patched)
+    reduced_dits.sample_flux(patched)
 
     active = [c for c in recorder.calls if c["block"] in {("double", 1), ("single", 0)}]
     assert len(active) == len(results) == 4  # 2 blocks x 2 steps, one chunk (cfg 1)
@@ -74,62 +45,6 @@ def test_warp_is_the_reference_attention_output_at_the_match(flux_parts, pack, m
         # Warped queries: the reference's (after RoPE, [rows, heads, tokens, dim]) at the match, against its K/V.
         expected = joint_corr_attention_reference(call["q"], call["k"], call["v"], resized, start)
         torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_another_attention_override_still_runs_on_every_call(flux_parts, pack):
-    model, corr = flux_parts
-    base = model.clone()
-    recorder = AttentionRecorder()
-    base.model_options["transformer_options"]["optimized_attention_override"] = recorder
-    patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "auto", 0.0, 1.0, 1.0, "share")
-    sample_reduced(patched)
-    # 4 blocks x 2 steps, plus the share mode's second call with the reference's K/V on the 2 single blocks.
-    assert len(recorder.calls) == 8 + 4
-    assert base.model_options["transformer_options"]["optimized_attention_override"] is recorder
-
-
-def test_outside_the_step_range_sampling_is_bit_identical(flux_parts, pack):
-    model, corr = flux_parts
-    warp, fuser = pack("nodes.attention_warp"), pack("nodes.noise_fuser")
-    patched = warp.apply_attention_warp(model, corr, "double, single", 0.9, 0.95, 1.0, "warp")
-    patched = fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.9, 0.95, 0, "literal")
-    assert torch.equal(sample_reduced(patched, cfg=2.0), sample_reduced(model, cfg=2.0))
-    inside = warp.apply_attention_warp(model, corr, "double, single", 0.0, 1.0, 1.0, "warp")
-    assert not torch.equal(sample_reduced(inside), sample_reduced(model))
-
-
-def test_noise_fuser_on_flux_works_in_flow_space_and_does_nothing_at_cfg_one(flux_parts, pack, monkeypatch):
-    model, corr = flux_parts
-    fuser = pack("nodes.noise_fuser")
-    patched = fuser.apply_noise_fuser(model, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
-    assert patched.model_options["sampler_pre_cfg_function"][-1].flow
-    calls = []
-    fuse = fuser.fuse_uncond_eps
-    monkeypatch.setattr(fuser, "fuse_uncond_eps", lambda *a: calls.append(1) or fuse(*a))
-    assert torch.equal(sample_reduced(patched, cfg=1.0), sample_reduced(model, cfg=1.0))
-    assert calls == []
-    assert not torch.equal(sample_reduced(patched, cfg=2.0), sample_reduced(model, cfg=2.0))
-    # The first of the 2 steps is at sigma 1 (pure noise: no x0 to recover from a fused eps).
-    assert len(calls) == 1
-
-
-@pytest.mark.parametrize("layers, message", [
-    ("output", r"EdichoAttentionWarp: layer selection 'output' is not understood\. Use a block name of this model \(double, single\)"),
-    ("double.7", r"EdichoAttentionWarp: layer selection 'double.7' matches no attention layer.*double\.0-1"),
-])
-def test_unet_layer_syntax_on_flux_is_a_clear_error(flux_parts, pack, layers, message):
-    model, corr = flux_parts
-    with pytest.raises(ValueError, match=message):
-        pack("nodes.attention_warp").apply_attention_warp(model, corr, layers, 0.0, 1.0, 1.0, "warp")
-
-
-def test_correspondence_for_other_images_is_a_clear_error(flux_parts, pack):
-    model, corr = flux_parts
-    patched = pack("nodes.attention_warp").apply_attention_warp(model, corr, "auto", 0.0, 1.0, 1.0, "warp")
-    with pytest.raises(ValueError, match=r"EdichoAttentionWarp: the correspondence was built for a 10x12 latent.*runs 8x12"):
-        sample_reduced(patched, latent=(12, 8))
-    with pytest.raises(ValueError, match=r"EdichoAttentionWarp: the sampler runs a batch of 2 latents.*3 images"):
-        sample_reduced(patched, batch=2)
 
 
 def test_feature_extractor_refuses_flux_and_says_where_features_come_from(flux_parts, pack):
@@ -223,10 +138,7 @@ def test_kontext_example_outside_the_step_range_is_bit_identical_to_unpatched(ho
 
 def test_kontext_graph_with_both_patches_at_cfg_two_fuses_in_flow_space(host, flux_files, sample_files, pack,
                                                                         monkeypatch):
-    fuser = pack("nodes.noise_fuser")
-    fused = []
-    fuse = fuser.fuse_uncond_eps
-    monkeypatch.setattr(fuser, "fuse_uncond_eps", lambda *a: fused.append(a[0].shape) or fuse(*a))
+    fused = record_fusions(monkeypatch, pack)
     graph = kontext_graph(flux_files, sample_files, steps=3)
     graph["fuser"] = {"class_type": "EdichoNoiseFuser", "inputs": {
         "model": ["attention", 0], "correspondence": ["correspondence", 0], "lam": 0.8, "gamma": 0.9,

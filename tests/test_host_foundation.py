@@ -65,7 +65,7 @@ def test_broken_workflow_gives_a_readable_validation_error(host, tiny_sd15, muta
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("family", ["sd15", "sd15-controlnet", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sd15-controlnet", "sdxl", "sd35-medium", "wan21-vae"])
 def test_this_host_builds_the_same_tiny_checkpoint_as_the_cached_one(host, family):
     # The cache is shared between hosts: whichever host built a file, this one must build the same
     # tensors under the same names from its own module classes.

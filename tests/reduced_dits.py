@@ -1,0 +1,96 @@
+"""The hosts' own DiT classes (Flux.1, Qwen-Image, SD3) at a reduced size, real code but not
+loader-detected, and sampling through the host's sampler for each: what the DiT family tests
+patch and sample. Text is 32 wide and `TEXT` tokens long; the latent `LATENT` (tokens 6x5)."""
+import inspect
+import math
+
+import pytest
+import torch
+
+LATENT = (12, 10)  # 2x2 patches: tokens 6x5, not square
+TEXT = 6
+
+
+def _patcher(model):
+    """`model` with seeded random weights on every tensor of its state dict (SD3's pos_embed is a buffer)."""
+    import comfy.model_patcher
+
+    generator = torch.Generator().manual_seed(0)
+    for _, tensor in model.diffusion_model.state_dict(keep_vars=True).items():
+        tensor.data = (torch.randn(tensor.shape, generator=generator) / math.sqrt(tensor.shape[-1])
+                       if tensor.ndim > 1 else torch.zeros(tensor.shape))
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+def flux():
+    """Flux.1 dev: 2 double + 2 single blocks, hidden 64."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.supported_models
+
+    config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+              "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+              "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True, "patch_size": 2}
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        config["txt_ids_dims"] = []
+    return _patcher(comfy.supported_models.Flux(config).get_model({}))
+
+
+def qwen_image(text_width=32, ref_method=None):
+    """Qwen-Image: 2 blocks of 2 heads of 16; `ref_method` "index_timestep_zero" is Qwen-Image-Edit 2511's."""
+    import comfy.ldm.qwen_image.model
+    import comfy.supported_models
+
+    config = {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 2,
+              "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": text_width,
+              "axes_dims_rope": (4, 6, 6)}
+    if ref_method is not None:
+        if "default_ref_method" not in inspect.signature(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel).parameters:
+            pytest.skip(f"this host's Qwen-Image has no reference method {ref_method!r} (Qwen-Image-Edit 2511)")
+        config["default_ref_method"] = ref_method
+    return _patcher(comfy.supported_models.QwenImage(config).get_model({}))
+
+
+def sd3(register_length=0):
+    """SD3.5 Medium's shape: depth 2 (hidden 128, 2 heads), RMS q/k norms, image-only attn2 in block 0."""
+    import comfy.supported_models
+
+    config = {"in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "depth": 2, "patch_size": 2,
+              "adm_in_channels": 32, "pos_embed_max_size": 16, "num_patches": 256, "qk_norm": "rms",
+              "x_block_self_attn_layers": [0], "register_length": register_length,
+              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}}}
+    return _patcher(comfy.supported_models.SD3(config).get_model({}))
+
+
+def _sample(model, noise, positive, negative, steps, cfg):
+    import comfy.sample
+
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, torch.zeros_like(noise),
+                               disable_pbar=True, seed=5)
+
+
+def sample_flux(model, batch=3, latent=LATENT, steps=2, cfg=1.0):
+    gen = torch.Generator().manual_seed(5)
+    cond = [[torch.randn(1, TEXT, 32, generator=gen), {"pooled_output": torch.randn(1, 32, generator=gen), "guidance": 3.5}]]
+    return _sample(model, torch.randn(batch, 16, *latent, generator=gen), cond, cond, steps, cfg)
+
+
+def sample_qwen_image(model, batch=3, latent=LATENT, steps=2, cfg=2.0, frames=1, refs=1):
+    """A 5-D latent with `refs` edit references per photo (each photo's own, as ReferenceLatent gives)."""
+    gen = torch.Generator().manual_seed(5)
+    extra = {"reference_latents": [torch.randn(batch, 16, 1, *latent, generator=gen) for _ in range(refs)]} if refs else {}
+    positive = [[torch.randn(1, TEXT, 32, generator=gen), dict(extra)]]
+    negative = [[torch.randn(1, TEXT, 32, generator=gen), dict(extra)]]
+    return _sample(model, torch.randn(batch, 16, frames, *latent, generator=gen), positive, negative, steps, cfg)
+
+
+def sample_sd3(model, batch=3, latent=LATENT, steps=2, cfg=2.0):
+    gen = torch.Generator().manual_seed(5)
+    positive = [[torch.randn(1, TEXT, 32, generator=gen), {"pooled_output": torch.randn(1, 32, generator=gen)}]]
+    negative = [[torch.randn(1, TEXT, 32, generator=gen), {"pooled_output": torch.randn(1, 32, generator=gen)}]]
+    return _sample(model, torch.randn(batch, 16, *latent, generator=gen), positive, negative, steps, cfg)
+
+
+# name -> (build, sample): every DiT family the pack supports.
+FAMILIES = {"flux": (flux, sample_flux), "qwen-image": (qwen_image, sample_qwen_image), "sd3": (sd3, sample_sd3)}
