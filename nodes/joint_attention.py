@@ -52,7 +52,7 @@ class JointLayout:
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         self.gate.update(transformer_options["sigmas"], transformer_options.get("sample_sigmas"))
         if self.gate.is_active:
-            check_batch_rows(self.node, self.corr.corr, x.shape[0], transformer_options)
+            check_batch_rows(self.node, self.corr.corr, x.shape[0], transformer_options, x.ndim)
             check_grid(self.node, self.corr.corr, x.shape[-2:])
             if self.check_latent is not None:
                 self.check_latent(x, self.node)

@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.fusion import denoised_change, eps_from_denoised, fuse_uncond_eps, injection_mask
-from .patch_support import CorrespondenceOnDevice, check_grid
+from .patch_support import CorrespondenceOnDevice, check_batch_rows, check_grid
 from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
 from .families import family_of
@@ -51,10 +51,7 @@ class CorrCfgFusion:
         if not self.gate.update(sigma, schedule).is_active:
             return conds_out
         x = args["input"]
-        if x.shape[0] != self.corr.corr.batch_size:
-            raise ValueError(f"{NODE}: the sampler runs a batch of {x.shape[0]} latents but the correspondence was "
-                             f"built for {self.corr.corr.batch_size} images. Sample the same image batch that went "
-                             f"into Edicho Matcher.")
+        check_batch_rows(NODE, self.corr.corr, x.shape[0], {}, x.ndim)
         check_grid(NODE, self.corr.corr, x.shape[-2:])
         masks = self.injection_masks(schedule, x.device)
         mask = masks[min(self.gate.step, masks.shape[0] - 1)]

@@ -48,14 +48,18 @@ def check_batch(node, corr, rows, extra_options):
     check_grid(node, corr, extra_options["original_shape"][-2:])
 
 
-def check_batch_rows(node, corr, rows, extra_options):
+def check_batch_rows(node, corr, rows, extra_options, latent_ndim=4):
     """Raise a clear error when a model call's `rows` are not chunks of the correspondence's batch."""
     chunks = len(extra_options.get("cond_or_uncond", [0]))
     batch = rows // chunks if rows % chunks == 0 else None
     if batch != corr.batch_size:
+        # The likely cause with a 5-D latent: the host's VAEEncode made one video latent of the photos.
+        video = (" A video VAE (Qwen-Image's, Wan 2.1) encodes a batch given to VAEEncode as one video: encode "
+                 "the photos with Edicho Encode Photos.") if latent_ndim == 5 else ""
         raise ValueError(
             f"{node}: the sampler runs a batch of {rows // max(chunks, 1)} latents but the correspondence was built "
-            f"for {corr.batch_size} images. Sample the same image batch that went into Edicho Matcher (one latent per photo).")
+            f"for {corr.batch_size} images. Sample the same image batch that went into Edicho Matcher (one latent per "
+            f"photo).{video}")
 
 
 def check_grid(node, corr, latent_grid):

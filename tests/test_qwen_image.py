@@ -76,6 +76,17 @@ def test_a_latent_of_several_frames_is_a_clear_error(qwen_parts, pack):
         reduced_dits.sample_qwen_image(patched, frames=2, refs=0)
 
 
+@pytest.mark.parametrize("node", ["attention_warp", "noise_fuser"])
+def test_one_video_latent_for_the_photos_says_to_encode_them_one_by_one(qwen_parts, pack, node):
+    # What VAEEncode gives for a batch of photos with Qwen-Image's VAE: one latent.
+    model, corr = qwen_parts
+    patched = {"attention_warp": lambda: pack("nodes.attention_warp").apply_attention_warp(model, corr, "auto", 0.0, 1.0, 1.0, "warp"),
+               "noise_fuser": lambda: pack("nodes.noise_fuser").apply_noise_fuser(model, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")}[node]()
+    with pytest.raises(ValueError, match=r"the sampler runs a batch of 1 latents but the correspondence was built for 3 "
+                                         r"images.*encode the photos with Edicho Encode Photos"):
+        reduced_dits.sample_qwen_image(patched, batch=1, steps=3)
+
+
 # The example workflows through the host's runner, on tiny stand-ins.
 
 class ReducedQwenImage:
