@@ -8,10 +8,7 @@ host names `("double", i)` and `("single", i)`.
 from comfy.ldm.flux.model import Flux
 
 from . import joint_attention
-
-
-def diffusion_model(model):
-    return getattr(model.model, "diffusion_model", None)
+from .joint_attention import diffusion_model
 
 
 def matches(model):

@@ -10,10 +10,7 @@ tokens, including 2511's timestep-zero ones, keep their own output.
 from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
 from . import joint_attention
-
-
-def diffusion_model(model):
-    return getattr(model.model, "diffusion_model", None)
+from .joint_attention import diffusion_model
 
 
 def matches(model):
@@ -37,7 +34,8 @@ def check_latent(x, node):
     """One frame: Edicho edits images, and the correspondence covers one frame's tokens."""
     if x.ndim != 5 or x.shape[2] != 1:
         raise ValueError(f"{node}: Qwen-Image is sampling a latent of shape {list(x.shape)}, but Edicho edits single "
-                         f"images: a latent of one frame [B, 16, 1, h, w] (EmptySD3LatentImage or VAEEncode of the photos).")
+                         f"images: a latent of one frame per photo [B, 16, 1, h, w] (EmptySD3LatentImage, or the "
+                         f"photos through Edicho Encode Photos).")
 
 
 def patch_attention(patched, corr, keys, gate, strength, mode, node):

@@ -10,10 +10,7 @@ pack set there, or the block.
 import comfy.model_base
 
 from . import joint_attention
-
-
-def diffusion_model(model):
-    return getattr(model.model, "diffusion_model", None)
+from .joint_attention import diffusion_model
 
 
 def matches(model):

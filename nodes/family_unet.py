@@ -11,7 +11,6 @@ from ..kernels.corr_attention import gather_attention_inputs, packed_corr_attent
 from .patch_support import check_batch
 
 
-
 def matches(model):
     return isinstance(getattr(model.model, "diffusion_model", None), UNetModel)
 

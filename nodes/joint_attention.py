@@ -25,6 +25,11 @@ class ImageTokens(NamedTuple):
     grid: tuple
 
 
+def diffusion_model(model):
+    """The DiT inside a MODEL (ModelPatcher), or None."""
+    return getattr(model.model, "diffusion_model", None)
+
+
 def patch_grid(latent_grid, patch=2):
     """The host's patch grid of a latent `(h, w)`: `patch` x `patch` patches, padded up."""
     return (latent_grid[0] + patch - 1) // patch, (latent_grid[1] + patch - 1) // patch

@@ -4,7 +4,6 @@ patch and sample. Text is 32 wide and `TEXT` tokens long; the latent `LATENT` (t
 import inspect
 import math
 
-import pytest
 import torch
 
 LATENT = (12, 10)  # 2x2 patches: tokens 6x5, not square
@@ -37,17 +36,22 @@ def flux():
     return _patcher(comfy.supported_models.Flux(config).get_model({}))
 
 
-def qwen_image(text_width=32, ref_method=None):
-    """Qwen-Image: 2 blocks of 2 heads of 16; `ref_method` "index_timestep_zero" is Qwen-Image-Edit 2511's."""
+def qwen_has_reference_methods():
+    """Whether this host's Qwen-Image takes a default reference method (Qwen-Image-Edit 2511's timestep-zero one)."""
     import comfy.ldm.qwen_image.model
+
+    return "default_ref_method" in inspect.signature(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel).parameters
+
+
+def qwen_image(text_width=32, ref_method=None):
+    """Qwen-Image: 2 blocks of 2 heads of 16; `ref_method` "index_timestep_zero" is Qwen-Image-Edit 2511's
+    (see `qwen_has_reference_methods`)."""
     import comfy.supported_models
 
     config = {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 2,
               "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": text_width,
               "axes_dims_rope": (4, 6, 6)}
     if ref_method is not None:
-        if "default_ref_method" not in inspect.signature(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel).parameters:
-            pytest.skip(f"this host's Qwen-Image has no reference method {ref_method!r} (Qwen-Image-Edit 2511)")
         config["default_ref_method"] = ref_method
     return _patcher(comfy.supported_models.QwenImage(config).get_model({}))
 
