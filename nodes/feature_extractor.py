@@ -8,7 +8,7 @@ import comfy.utils
 
 from ..kernels.features import draws_per_call, split_draws
 from .types import DiftFeatures, Features
-from .family_unet import default_up_level, output_block_of_up_level, unet_of
+from .families import default_up_level, output_block_of_up_level, unet_of
 
 NODE = "EdichoFeatureExtractor"
 AUTO = -1

@@ -4,10 +4,9 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.fusion import denoised_change, eps_from_denoised, fuse_uncond_eps, injection_mask
-from .patch_support import CorrespondenceOnDevice, check_batch_rows, check_grid
+from .families import CorrespondenceOnDevice, add_sampling_check, family_of
 from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
-from .families import family_of
 
 NODE = "EdichoNoiseFuser"
 READINGS = ("literal", "substituted")
@@ -51,8 +50,6 @@ class CorrCfgFusion:
         if not self.gate.update(sigma, schedule).is_active:
             return conds_out
         x = args["input"]
-        check_batch_rows(NODE, self.corr.corr, x.shape[0], {}, x.ndim)
-        check_grid(NODE, self.corr.corr, x.shape[-2:])
         masks = self.injection_masks(schedule, x.device)
         mask = masks[min(self.gate.step, masks.shape[0] - 1)]
         cond, uncond = conds_out[0], conds_out[1]
@@ -73,10 +70,11 @@ class CorrCfgFusion:
 
 def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed, reading):
     """A clone of `model` whose unconditional predictions are fused through the correspondence."""
-    family_of(model, NODE)
+    family = family_of(model, NODE)
     gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
     flow = isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
     patched = model.clone()
+    add_sampling_check(patched, corr, NODE, family)
     # A UNet reads the noise level at the start of its call (StepGate); other families ignore this patch.
     patched.set_model_emb_patch(gate)
     patched.set_model_sampler_pre_cfg_function(

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..kernels.correspondence import resize_correspondence
 from ..kernels.warping import warp_images
-from .patch_support import check_images
+from .families import check_images
 from .types import CorrespondenceType
 
 NODE = "EdichoCorrespondencePreview"

@@ -4,7 +4,7 @@ from collections import Counter
 
 def count_corr_attention_calls(monkeypatch, pack):
     """Counter of active Corr-Attention calls by (block, block id, depth, tokens), filled as the host samples."""
-    unet_family = pack("nodes.family_unet")
+    unet_family = pack("nodes.families.unet")
     counts = Counter()
     active = unet_family.CorrAttentionPatch.corr_attention
 
@@ -37,7 +37,7 @@ class AttentionRecorder:
 
 def record_gathers(monkeypatch, pack):
     """List of (attention output, patched output, first image token, image token count) per gather, as the host samples."""
-    joint = pack("nodes.joint_attention")
+    joint = pack("nodes.families.joint_attention")
     seen = []
     gather = joint.gather_image_tokens
 

@@ -22,8 +22,8 @@ def extra_options(rows, grid, chunks, heads, dim, sigma=5.0, latent_grid=None):
 
 
 def make_patch(pack, corr, strength=1.0, mode="warp", sigma_range=(10.0, 1.0), inner=None):
-    unet_family = pack("nodes.family_unet")
-    support = pack("nodes.patch_support")
+    unet_family = pack("nodes.families.unet")
+    support = pack("nodes.families.patch_support")
     steps = pack("nodes.step_range")
     gate = steps.StepGate(steps.StepRange(*sigma_range))
     return unet_family.CorrAttentionPatch(support.CorrespondenceOnDevice(corr), gate, strength, mode, "EdichoAttentionWarp", inner=inner)
@@ -58,7 +58,7 @@ def test_layer_grid_coarser_than_the_correspondence_uses_the_resized_one(pack):
 
 @pytest.mark.parametrize("sigma, strength", [(20.0, 1.0), (0.5, 1.0), (5.0, 0.0)])
 def test_outside_the_range_or_at_strength_zero_it_is_the_host_attention_bit_for_bit(pack, sigma, strength):
-    unet_family = pack("nodes.family_unet")
+    unet_family = pack("nodes.families.unet")
     Correspondence = pack("kernels.correspondence").Correspondence
     gen = torch.Generator().manual_seed(4)
     corr = random_correspondence(Correspondence, 3, (4, 4), 0, gen)
@@ -69,7 +69,7 @@ def test_outside_the_range_or_at_strength_zero_it_is_the_host_attention_bit_for_
 
 
 def test_strength_blends_linearly_with_the_unpatched_output(pack):
-    unet_family = pack("nodes.family_unet")
+    unet_family = pack("nodes.families.unet")
     Correspondence = pack("kernels.correspondence").Correspondence
     gen = torch.Generator().manual_seed(5)
     corr = random_correspondence(Correspondence, 3, (4, 4), 1, gen)
@@ -99,25 +99,37 @@ def test_an_existing_replace_is_wrapped_and_receives_the_warped_inputs(pack):
     assert torch.equal(out, q2 * 2)
 
 
+def run_sampling_check(pack, corr, x, chunks, node="EdichoAttentionWarp"):
+    """The model-call check both patches set, on latent `x` with `chunks` cond/uncond chunks; what the model ran."""
+    ran = []
+    check = pack("nodes.families.patch_support").SamplingCheck(corr, node)
+    check(lambda *args, **kwargs: ran.append(args[0].shape), x, torch.ones(x.shape[0]), None, None, None,
+          {"cond_or_uncond": [1, 0][:chunks]})
+    return ran
+
+
 def test_a_batch_that_is_not_the_correspondence_batch_is_a_clear_error(pack):
     Correspondence = pack("kernels.correspondence").Correspondence
     corr = random_correspondence(Correspondence, 3, (4, 4), 0, torch.Generator().manual_seed(7))
-    q = torch.randn(4, 16, 64)
-    with pytest.raises(ValueError, match="EdichoAttentionWarp.*batch of 2 latents.*3 images"):
-        make_patch(pack, corr)(q, q, q, extra_options(4, (4, 4), 2, 8, 8))
+    assert run_sampling_check(pack, corr, torch.randn(6, 4, 4, 4), 2) == [(6, 4, 4, 4)]
+    with pytest.raises(ValueError, match="EdichoAttentionWarp.*batch of 2 latents.*3 images") as error:
+        run_sampling_check(pack, corr, torch.randn(4, 4, 4, 4), 2)
+    # The video-VAE hint is for 5-D latents only.
+    assert "Edicho Encode Photos" not in str(error.value)
+    with pytest.raises(ValueError, match="EdichoNoiseFuser.*batch of 1 latents.*Edicho Encode Photos"):
+        run_sampling_check(pack, corr, torch.randn(1, 16, 3, 4, 4), 1, node="EdichoNoiseFuser")
 
 
 def test_a_correspondence_for_another_resolution_is_a_clear_error(pack):
     Correspondence = pack("kernels.correspondence").Correspondence
     corr = random_correspondence(Correspondence, 3, (4, 4), 0, torch.Generator().manual_seed(8))
-    q = torch.randn(6, 16, 64)
     with pytest.raises(ValueError, match="EdichoAttentionWarp.*built for a 4x4 latent.*Rebuild"):
-        make_patch(pack, corr)(q, q, q, extra_options(6, (4, 4), 2, 8, 8, latent_grid=(8, 8)))
+        run_sampling_check(pack, corr, torch.randn(6, 4, 8, 8), 2)
 
 
 def test_layer_selection_parses_and_refuses_clearly(pack, sd15_parts):
-    layout = pack("nodes.family_unet")
-    parse = pack("nodes.layer_selection").parse_layers
+    layout = pack("nodes.families.unet")
+    parse = pack("nodes.families.layer_selection").parse_layers
     available = layout.self_attention_layers(sd15_parts[0].model.diffusion_model)
     assert parse("output", available, "N") == [k for k in available if k[0] == "output"]
     assert [k[1] for k in parse("output.3-4, middle", available, "N")] == [0, 3, 4]
@@ -147,7 +159,7 @@ def sample(model, conds, steps=2):
 
 def count_paths(monkeypatch, pack):
     """Counter of active Corr-Attention calls by path: "packed" or "gathered"."""
-    unet_family = pack("nodes.family_unet")
+    unet_family = pack("nodes.families.unet")
     counts = Counter()
     for name, path in (("packed_corr_attention", "packed"), ("gather_attention_inputs", "gathered")):
         def counting(*args, _original=getattr(unet_family, name), _path=path, **kwargs):
@@ -195,10 +207,10 @@ def test_sampling_takes_the_packed_path_by_default_with_the_gather_paths_result(
 def test_the_gather_path_where_the_packed_one_is_not_the_same_math(pack, sd15_parts, conds, monkeypatch,
                                                                    strength, mode, other_pack):
     warp = pack("nodes.attention_warp")
-    unet_family = pack("nodes.family_unet")
+    unet_family = pack("nodes.families.unet")
     model = sd15_parts[0].clone()
     if other_pack:
-        for key in pack("nodes.family_unet").self_attention_layers(model.model.diffusion_model):
+        for key in pack("nodes.families.unet").self_attention_layers(model.model.diffusion_model):
             model.set_model_attn1_replace(unet_family.host_attention, *key)
     counts = count_paths(monkeypatch, pack)
     patched = warp.apply_attention_warp(model, sampling_corr(pack), "output", 0.0, 1.0, strength, mode)
@@ -209,10 +221,10 @@ def test_the_gather_path_where_the_packed_one_is_not_the_same_math(pack, sd15_pa
 
 def test_another_packs_replace_on_the_block_key_is_wrapped_and_still_runs(pack, sd15_parts, conds):
     warp = pack("nodes.attention_warp")
-    unet_family = pack("nodes.family_unet")
+    unet_family = pack("nodes.families.unet")
     model = sd15_parts[0].clone()
-    available = pack("nodes.family_unet").self_attention_layers(model.model.diffusion_model)
-    decoder = pack("nodes.layer_selection").parse_layers("output", available, "test")
+    available = pack("nodes.families.unet").self_attention_layers(model.model.diffusion_model)
+    decoder = pack("nodes.families.layer_selection").parse_layers("output", available, "test")
     block = decoder[0][:2]
     seen = []
 

@@ -70,7 +70,7 @@ LAYER_NAMES = {"flux": "double, single", "qwen-image": "double", "sd3": "double"
 def test_default_layers_and_layer_syntax(dit, pack):
     name, model, _, corr = dit
     family = pack("nodes.families").family_of(model, "EdichoAttentionWarp")
-    assert family.__name__.endswith({"flux": "family_flux", "qwen-image": "family_qwen_image", "sd3": "family_sd3"}[name])
+    assert family.__name__.endswith({"flux": "families.flux", "qwen-image": "families.qwen_image", "sd3": "families.sd3"}[name])
     assert family.default_layers(model) == {"flux": "single", "qwen-image": "double.1-1", "sd3": "double.1-1"}[name]
     warp = pack("nodes.attention_warp")
     with pytest.raises(ValueError, match=rf"EdichoAttentionWarp: layer selection 'output' is not understood\. Use a block "
@@ -90,3 +90,24 @@ def test_correspondence_for_other_images_is_a_clear_error(dit, pack):
     fused = pack("nodes.noise_fuser").apply_noise_fuser(model, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
     with pytest.raises(ValueError, match=r"EdichoNoiseFuser: the sampler runs a batch of 2 latents"):
         sample(fused, batch=2, steps=3, cfg=2.0)
+
+
+@pytest.mark.parametrize("node", ["attention_warp", "noise_fuser"])
+def test_a_wrong_batch_or_size_stops_at_the_first_model_call_before_the_range_starts(dit, pack, node):
+    _, model, sample, corr = dit
+    if node == "attention_warp":
+        patched = pack("nodes.attention_warp").apply_attention_warp(model, corr, "auto", 0.6, 1.0, 1.0, "warp")
+    else:
+        patched = pack("nodes.noise_fuser").apply_noise_fuser(model, corr, 0.8, 0.9, 0.6, 1.0, 0, "literal")
+    forwards = []
+    hook = patched.model.diffusion_model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"the correspondence was built for a 10x12 latent.*runs 8x12"):
+            sample(patched, latent=(12, 8), steps=4, cfg=2.0)
+        with pytest.raises(ValueError, match=r"the sampler runs a batch of 2 latents"):
+            sample(patched, batch=2, steps=4, cfg=2.0)
+        assert forwards == []
+        sample(patched, steps=2, cfg=2.0)
+        assert forwards
+    finally:
+        hook.remove()

@@ -71,7 +71,7 @@ def test_both_patches_run_on_every_decoder_self_attention_layer(host, tiny_check
     assert torch.isfinite(edited).all()
     assert not torch.equal(result.output("sample")["samples"], result.output("sample_plain")["samples"])
     unet = result.output("ckpt", 0).model.diffusion_model
-    layers = pack("nodes.family_unet").self_attention_layers(unet)
+    layers = pack("nodes.families.unet").self_attention_layers(unet)
     expected = [(block, block_id, depth, (HEIGHT // DECODER_SCALE[family][block_id]) * (WIDTH // DECODER_SCALE[family][block_id]))
                 for block, block_id, depth in layers if block == "output"]
     _assert_every_layer_ran(counts, expected, steps=2)

@@ -98,7 +98,7 @@ def test_tiny_flux_checkpoints_are_detected_by_the_host_loader(host, flux_files)
 
 def test_kontext_example_patches_every_block_and_leaves_context_tokens_alone(host, flux_files, sample_files, pack,
                                                                              monkeypatch):
-    family = pack("nodes.joint_attention")
+    family = pack("nodes.families.joint_attention")
     seen = record_gathers(monkeypatch, pack)
 
     blocks = Counter()

@@ -48,7 +48,7 @@ class Recorder:
     """Wraps active Corr-Attention calls to record how many cond chunks (of 3 images) each had."""
 
     def __init__(self, pack, monkeypatch):
-        unet_family = pack("nodes.family_unet")
+        unet_family = pack("nodes.families.unet")
         self.layouts = []
         original = unet_family.CorrAttentionPatch.corr_attention
         recorder = self

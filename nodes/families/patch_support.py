@@ -2,8 +2,16 @@
 step), and the checks that the batch being sampled is the one it was built for."""
 import threading
 
-from ..kernels.corr_attention import attention_sources, packed_attention_plan
-from ..kernels.correspondence import resize_correspondence
+import comfy.patcher_extension
+
+from ...kernels.corr_attention import attention_sources, packed_attention_plan
+from ...kernels.correspondence import resize_correspondence
+
+
+def model_family_name(model):
+    """The host's name for the model's family (its model config class)."""
+    config = getattr(model.model, "model_config", None)
+    return type(config).__name__ if config is not None else type(getattr(model.model, "diffusion_model", model.model)).__name__
 
 
 class CorrespondenceOnDevice:
@@ -42,12 +50,6 @@ class CorrespondenceOnDevice:
         return value
 
 
-def check_batch(node, corr, rows, extra_options):
-    """Raise a clear error when the sampled batch or resolution is not the correspondence's."""
-    check_batch_rows(node, corr, rows, extra_options)
-    check_grid(node, corr, extra_options["original_shape"][-2:])
-
-
 def check_batch_rows(node, corr, rows, extra_options, latent_ndim=4):
     """Raise a clear error when a model call's `rows` are not chunks of the correspondence's batch."""
     chunks = len(extra_options.get("cond_or_uncond", [0]))
@@ -68,6 +70,35 @@ def check_grid(node, corr, latent_grid):
             f"{node}: the correspondence was built for a {corr.grid[1]}x{corr.grid[0]} latent "
             f"({corr.image_size[1]}x{corr.image_size[0]} px images) but the sampler runs "
             f"{latent_grid[1]}x{latent_grid[0]}. Rebuild it from the images at the size you sample.")
+
+
+class SamplingCheck:
+    """APPLY_MODEL wrapper: the sampled batch and latent must be the correspondence's, on every model call.
+
+    On every call, not only inside the patch's step range: a wrong batch or size is then reported at the
+    first call of the sampling run, before a step has been spent on it.
+    """
+
+    def __init__(self, corr, node, check_latent=None):
+        self.corr = corr
+        self.node = node
+        self.check_latent = check_latent
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        check_batch_rows(self.node, self.corr, x.shape[0], transformer_options, x.ndim)
+        check_grid(self.node, self.corr, x.shape[-2:])
+        if self.check_latent is not None:
+            self.check_latent(x, self.node)
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def add_sampling_check(patched, corr, node, family):
+    """Check each model call of `patched` (a clone) against `corr`, with the family's own latent check if it has one."""
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, f"edicho_sampling_check_{node}",
+                                 SamplingCheck(corr, node, getattr(family, "check_latent", None)))
 
 
 def check_images(node, corr, images):

@@ -39,4 +39,4 @@ def check_latent(x, node):
 
 
 def patch_attention(patched, corr, keys, gate, strength, mode, node):
-    joint_attention.patch_attention(patched, corr, keys, gate, strength, mode, node, check_latent)
+    joint_attention.patch_attention(patched, corr, keys, gate, strength, mode, node)

@@ -7,8 +7,8 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-from ..kernels.corr_attention import gather_attention_inputs, packed_corr_attention
-from .patch_support import check_batch
+from ...kernels.corr_attention import gather_attention_inputs, packed_corr_attention
+from .patch_support import model_family_name
 
 
 def matches(model):
@@ -23,8 +23,6 @@ def default_layers(model):
 def unet_of(model, node):
     """The UNetModel inside a MODEL (ModelPatcher), or a clear error: DIFT features come from a UNet."""
     if not matches(model):
-        from .families import model_family_name
-
         raise ValueError(
             f"{node}: the model is {model_family_name(model)}, and DIFT features come from a UNet. Load an SD1.5, "
             f"SD2.1 or SDXL checkpoint for this node: its correspondence works for a Flux, Qwen-Image or SD3 model in the same graph.")
@@ -105,7 +103,6 @@ class CorrAttentionPatch:
 
     def corr_attention(self, q, k, v, extra_options):
         """Corr-Attention on one call inside the active range: q, k, v `[chunks * B, N, C]` -> `[chunks * B, N, C]`."""
-        check_batch(self.node, self.corr.corr, q.shape[0], extra_options)
         h, w = extra_options["activations_shape"][-2:]
         if q.shape[1] != h * w:
             raise ValueError(f"{self.node}: this layer has {q.shape[1]} tokens for a {w}x{h} grid: another patch "

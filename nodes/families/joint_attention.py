@@ -12,8 +12,7 @@ from typing import NamedTuple
 
 import comfy.patcher_extension
 
-from ..kernels.corr_attention import gather_image_tokens, share_image_tokens
-from .patch_support import check_batch_rows, check_grid
+from ...kernels.corr_attention import gather_image_tokens, share_image_tokens
 
 WRAPPER_KEY = "edicho_corr_attention"
 LAYOUT_KEY = "edicho_image_tokens"
@@ -41,13 +40,11 @@ def second_half(name, count):
 
 
 class JointLayout:
-    """APPLY_MODEL wrapper: checks the batch, updates the step gate and records the image tokens' place."""
+    """APPLY_MODEL wrapper: updates the step gate and records the image tokens' place (the batch and latent
+    are checked by `patch_support.SamplingCheck`, on every call)."""
 
-    def __init__(self, corr, gate, node, check_latent=None, extra_text_tokens=0):
-        self.corr = corr
+    def __init__(self, gate, extra_text_tokens=0):
         self.gate = gate
-        self.node = node
-        self.check_latent = check_latent
         # Tokens the model puts before the text (SD3's registers).
         self.extra_text_tokens = extra_text_tokens
 
@@ -57,10 +54,6 @@ class JointLayout:
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         self.gate.update(transformer_options["sigmas"], transformer_options.get("sample_sigmas"))
         if self.gate.is_active:
-            check_batch_rows(self.node, self.corr.corr, x.shape[0], transformer_options, x.ndim)
-            check_grid(self.node, self.corr.corr, x.shape[-2:])
-            if self.check_latent is not None:
-                self.check_latent(x, self.node)
             start = self.extra_text_tokens + (c_crossattn.shape[1] if c_crossattn is not None else 0)
             transformer_options = {**transformer_options, LAYOUT_KEY: ImageTokens(start, patch_grid(x.shape[-2:]))}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -113,14 +106,13 @@ class JointCorrAttention:
         return patched
 
 
-def patch_attention(patched, corr, keys, gate, strength, mode, node, check_latent=None, extra_text_tokens=0):
+def patch_attention(patched, corr, keys, gate, strength, mode, node, extra_text_tokens=0):
     """Set Corr-Attention on `patched` (a clone): the layout wrapper and the attention override.
 
-    `check_latent(x, node)`, when given, raises for a latent the family's token layout does not cover;
     `extra_text_tokens` come before the text in the sequence (SD3's registers).
     """
     options = patched.model_options.setdefault("transformer_options", {})
     inner = options.get("optimized_attention_override")
     options["optimized_attention_override"] = JointCorrAttention(corr, gate, keys, strength, mode, inner)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 JointLayout(corr, gate, node, check_latent, extra_text_tokens))
+                                 JointLayout(gate, extra_text_tokens))
