@@ -37,6 +37,11 @@ HOST_SKIP = {"torch", "torchvision", "torchaudio"}
 TEST_DEPS = ["pytest", "scikit-image"]
 
 
+# The ecosystem's own checkers, as users and the registry run them; in a virtualenv of their own, so
+# that their dependencies never meet the host's.
+TOOLS = ["comfy-cli==1.23.0", "comfy-import-guard==1.3.0"]
+
+
 def log(msg):
     print(f"[edicho setup] {msg}", file=sys.stderr, flush=True)
 
@@ -143,6 +148,20 @@ def ensure_venv(host, name):
     return python
 
 
+def ensure_tools():
+    """The tools' virtualenv (`tools` in the cache), made with the Python running this script: its bin folder."""
+    env_dir = CACHE / "tools"
+    python = env_dir / "bin" / "python"
+    marker = env_dir / ".edicho-stamp"
+    stamp = "\n".join(TOOLS)
+    if not (marker.exists() and marker.read_text() == stamp and python.exists()):
+        log("installing " + ", ".join(TOOLS) + " (for the registry-package and import-guard tests)")
+        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+        pip(python, *TOOLS)
+        marker.write_text(stamp)
+    return env_dir / "bin"
+
+
 PLAYWRIGHT = "playwright-core@1.65.1"
 
 
@@ -185,6 +204,8 @@ def main():
     print(f"PYTHON={shlex.quote(str(python))}")
     if "--with-browser" in args:
         print(f"NODE_PATH={shlex.quote(str(ensure_browser()))}")
+    if "--with-tools" in args:
+        print(f"EDICHO_TOOLS={shlex.quote(str(ensure_tools()))}")
 
 
 if __name__ == "__main__":
