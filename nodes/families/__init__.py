@@ -3,8 +3,9 @@ ones Edicho does not support. Node files import only this module.
 
 Each family is one module (`unet`, `flux`, `qwen_image`, `sd3`) that knows its patch points, token
 layout and layers: `matches(model)`, `attention_layers(model)`, `default_layers(model)` (the
-selection `auto` means), `patch_attention(patched, corr, keys, gate, strength, mode, node)`.
-`joint_attention` is the layer the DiT families share; `layer_selection` and `patch_support` are
+selection `auto` means), `patch_attention(patched, corr, keys, gate, strength, mode, node)`, and
+optionally `check_latent(x, node)` (raises for a latent its token layout does not cover; run by
+`add_sampling_check` on every model call). `joint_attention` is the layer the DiT families share; `layer_selection` and `patch_support` are
 what the families and the patch nodes both use.
 """
 from . import flux, qwen_image, sd3, unet
