@@ -29,12 +29,12 @@ class CorrCfgFusion:
     def __deepcopy__(self, memo):
         return self
 
-    def injection_masks(self, schedule, device):
-        """`[S, B, N]` bool: step i's injection mask drawn with seed + i, made once per sampling run."""
+    def injection_masks(self, schedule, device, grid):
+        """`[S, B, h*w]` bool on the latent grid: step i's injection mask drawn with seed + i, made once per sampling run."""
         run_schedule, run_device, masks = self._run
         if masks is None or run_schedule is not schedule or run_device != device:
             steps = 1 if schedule is None else len(schedule)
-            valid = self.corr.corr.valid.cpu()
+            valid = self.corr.at(torch.device("cpu"), grid).valid
             masks = torch.stack([injection_mask(valid, self.gamma, torch.Generator().manual_seed(self.seed + step))
                                  for step in range(steps)]).to(device)
             self._run = (schedule, device, masks)
@@ -50,7 +50,7 @@ class CorrCfgFusion:
         if not self.gate.update(sigma, schedule).is_active:
             return conds_out
         x = args["input"]
-        masks = self.injection_masks(schedule, x.device)
+        masks = self.injection_masks(schedule, x.device, tuple(x.shape[-2:]))
         mask = masks[min(self.gate.step, masks.shape[0] - 1)]
         cond, uncond = conds_out[0], conds_out[1]
         sig = sigma.reshape(-1, *([1] * (x.ndim - 1))).float()

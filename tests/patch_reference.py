@@ -70,3 +70,20 @@ def joint_corr_attention_reference(q, k, v, corr, start):
         warped_q = q[ref][:, start + corr.index[b, cells]]
         out[row, start + cells] = plain_joint_attention(warped_q, k[ref], v[ref])
     return out
+
+
+def plain_fused_eps(eps, corr, lam, mask):
+    """Eq. 7/8 position by position: (1 - lam) eps_u + lam Inj(warped ref eps_u, eps_u); `[B, ..., H, W]`."""
+    out = eps.clone()
+    h, w = eps.shape[-2:]
+    for b in range(eps.shape[0]):
+        if b == corr.reference:
+            continue
+        for p in range(h * w):
+            y, x = divmod(p, w)
+            injected = eps[b, ..., y, x]
+            if mask[b, p]:
+                ry, rx = divmod(int(corr.index[b, p]), w)
+                injected = eps[corr.reference, ..., ry, rx]
+            out[b, ..., y, x] = (1 - lam) * eps[b, ..., y, x] + lam * injected
+    return out

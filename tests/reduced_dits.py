@@ -1,12 +1,14 @@
-"""The hosts' own DiT classes (Flux.1, Qwen-Image, SD3) at a reduced size, real code but not
+"""The hosts' own DiT classes (Flux.1, FLUX.2, Qwen-Image, SD3) at a reduced size, real code but not
 loader-detected, and sampling through the host's sampler for each: what the DiT family tests
-patch and sample. Text is 32 wide and `TEXT` tokens long; the latent `LATENT` (tokens 6x5)."""
+patch and sample. Text is 32 wide and `TEXT` tokens long; the latent `LATENT` (tokens 6x5), FLUX.2's
+`LATENT_FLUX2` (tokens 6x5 too, one per cell); both are 96x80 px images."""
 import inspect
 import math
 
 import torch
 
 LATENT = (12, 10)  # 2x2 patches: tokens 6x5, not square
+LATENT_FLUX2 = (6, 5)  # 1/16 of the image, one token per cell
 TEXT = 6
 
 
@@ -34,6 +36,24 @@ def flux():
     if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
         config["txt_ids_dims"] = []
     return _patcher(comfy.supported_models.Flux(config).get_model({}))
+
+
+def flux2(guidance=True):
+    """FLUX.2 in its detected shape (patch 1, 4 RoPE axes, shared modulation, no biases, no vector input), at
+    2 double + 2 single blocks of 2 heads of 32: dev with `guidance`, Klein without."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.supported_models
+
+    config = {"image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None, "context_in_dim": 32,
+              "hidden_size": 64, "mlp_ratio": 3.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+              "axes_dim": [8, 8, 8, 8], "theta": 2000, "qkv_bias": False, "guidance_embed": guidance, "patch_size": 1,
+              "global_modulation": True, "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index",
+              "ref_index_scale": 10.0}
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        config["txt_ids_dims"] = [3]
+    return _patcher(comfy.supported_models.Flux2(config).get_model({}))
 
 
 def qwen_has_reference_methods():
@@ -80,6 +100,15 @@ def sample_flux(model, batch=3, latent=LATENT, steps=2, cfg=1.0):
     return _sample(model, torch.randn(batch, 16, *latent, generator=gen), cond, cond, steps, cfg)
 
 
+def sample_flux2(model, batch=3, latent=LATENT_FLUX2, steps=2, cfg=1.0, refs=0):
+    """128-channel latents; `refs` edit references per photo (each photo its own, as ReferenceLatent gives)."""
+    gen = torch.Generator().manual_seed(5)
+    extra = {"reference_latents": [torch.randn(batch, 128, *latent, generator=gen) for _ in range(refs)]} if refs else {}
+    positive = [[torch.randn(1, TEXT, 32, generator=gen), {"pooled_output": torch.zeros(1, 32), "guidance": 4.0, **extra}]]
+    negative = [[torch.randn(1, TEXT, 32, generator=gen), {"pooled_output": torch.zeros(1, 32), "guidance": 4.0, **extra}]]
+    return _sample(model, torch.randn(batch, 128, *latent, generator=gen), positive, negative, steps, cfg)
+
+
 def sample_qwen_image(model, batch=3, latent=LATENT, steps=2, cfg=2.0, frames=1, refs=1):
     """A 5-D latent with `refs` edit references per photo (each photo's own, as ReferenceLatent gives)."""
     gen = torch.Generator().manual_seed(5)
@@ -97,4 +126,8 @@ def sample_sd3(model, batch=3, latent=LATENT, steps=2, cfg=2.0):
 
 
 # name -> (build, sample): every DiT family the pack supports.
-FAMILIES = {"flux": (flux, sample_flux), "qwen-image": (qwen_image, sample_qwen_image), "sd3": (sd3, sample_sd3)}
+FAMILIES = {"flux": (flux, sample_flux), "flux2": (flux2, sample_flux2), "qwen-image": (qwen_image, sample_qwen_image),
+            "sd3": (sd3, sample_sd3)}
+# name -> the latent each family samples for 96x80 px images: [C, (frames,) h, w].
+LATENT_SHAPES = {"flux": (16, *LATENT), "flux2": (128, *LATENT_FLUX2), "qwen-image": (16, 1, *LATENT),
+                 "sd3": (16, *LATENT)}

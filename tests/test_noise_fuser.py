@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from patch_reference import random_correspondence
+from patch_reference import plain_fused_eps, random_correspondence
 
 
 def make_fusion(pack, corr, lam=0.8, gamma=0.9, seed=3, reading="literal", sigma_range=(10.0, 1.0), flow=False):
@@ -17,23 +17,6 @@ def make_args(x, cond, uncond, sigma, schedule, cfg_uncond=True):
     return {"conds": [["c"], ["u"] if cfg_uncond else None], "conds_out": [cond, uncond], "cond_scale": 7.0,
             "timestep": sigma, "input": x, "sigma": sigma, "model": None,
             "model_options": {"transformer_options": {"sample_sigmas": schedule}}}
-
-
-def plain_fused_eps(eps, corr, lam, mask):
-    """Eq. 7/8 position by position: (1 - lam) eps_u + lam Inj(warped ref eps_u, eps_u); `[B, ..., H, W]`."""
-    out = eps.clone()
-    h, w = eps.shape[-2:]
-    for b in range(eps.shape[0]):
-        if b == corr.reference:
-            continue
-        for p in range(h * w):
-            y, x = divmod(p, w)
-            injected = eps[b, ..., y, x]
-            if mask[b, p]:
-                ry, rx = divmod(int(corr.index[b, p]), w)
-                injected = eps[corr.reference, ..., ry, rx]
-            out[b, ..., y, x] = (1 - lam) * eps[b, ..., y, x] + lam * injected
-    return out
 
 
 @pytest.mark.parametrize("reading", ["literal", "substituted"])

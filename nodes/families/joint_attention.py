@@ -1,7 +1,7 @@
-"""Corr-Attention on joint-attention DiTs (Flux.1, Qwen-Image, SD3/SD3.5), shared by their family modules.
+"""Corr-Attention on joint-attention DiTs (Flux.1, FLUX.2, Qwen-Image, SD3/SD3.5), shared by their family modules.
 
-Their attention runs over one sequence `[text | image | reference images (Kontext, Qwen edit)]`
-whose image tokens are the latent's 2x2 patches, row-major. Every such host calls its attention
+Their attention runs over one sequence `[text | image | reference images (Kontext, FLUX.2, Qwen edit)]`
+whose image tokens are the latent's 2x2 patches (single cells on FLUX.2), row-major. Every such host calls its attention
 backend through `optimized_attention_override` (both hosts): Corr-Attention lives there, as a
 gather of the reference's attention output (`kernels.corr_attention.gather_image_tokens`). An
 APPLY_MODEL wrapper (run by every model on both hosts) checks the batch, updates the step gate
@@ -43,10 +43,11 @@ class JointLayout:
     """APPLY_MODEL wrapper: updates the step gate and records the image tokens' place (the batch and latent
     are checked by `patch_support.SamplingCheck`, on every call)."""
 
-    def __init__(self, gate, extra_text_tokens=0):
+    def __init__(self, gate, extra_text_tokens=0, patch=2):
         self.gate = gate
         # Tokens the model puts before the text (SD3's registers).
         self.extra_text_tokens = extra_text_tokens
+        self.patch = patch
 
     def __deepcopy__(self, memo):
         return self
@@ -55,7 +56,7 @@ class JointLayout:
         self.gate.update(transformer_options["sigmas"], transformer_options.get("sample_sigmas"))
         if self.gate.is_active:
             start = self.extra_text_tokens + (c_crossattn.shape[1] if c_crossattn is not None else 0)
-            transformer_options = {**transformer_options, LAYOUT_KEY: ImageTokens(start, patch_grid(x.shape[-2:]))}
+            transformer_options = {**transformer_options, LAYOUT_KEY: ImageTokens(start, patch_grid(x.shape[-2:], self.patch))}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
@@ -106,13 +107,14 @@ class JointCorrAttention:
         return patched
 
 
-def patch_attention(patched, corr, keys, gate, strength, mode, node, extra_text_tokens=0):
+def patch_attention(patched, corr, keys, gate, strength, mode, node, extra_text_tokens=0, patch=2):
     """Set Corr-Attention on `patched` (a clone): the layout wrapper and the attention override.
 
-    `extra_text_tokens` come before the text in the sequence (SD3's registers).
+    `extra_text_tokens` come before the text in the sequence (SD3's registers); an image token is
+    `patch` x `patch` latent cells (1 on FLUX.2).
     """
     options = patched.model_options.setdefault("transformer_options", {})
     inner = options.get("optimized_attention_override")
     options["optimized_attention_override"] = JointCorrAttention(corr, gate, keys, strength, mode, inner)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 JointLayout(gate, extra_text_tokens))
+                                 JointLayout(gate, extra_text_tokens, patch))

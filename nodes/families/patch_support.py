@@ -64,10 +64,34 @@ def check_batch_rows(node, corr, rows, extra_options, latent_ndim=4):
             f"photo).{video}")
 
 
-def check_grid(node, corr, latent_grid):
-    if tuple(latent_grid) != tuple(corr.grid):
+def latent_ratio(family):
+    """Image pixels per latent cell of the family's VAE (`LATENT_RATIO`; 8 unless the family says otherwise)."""
+    return getattr(family, "LATENT_RATIO", 8)
+
+
+def expected_latent_grid(corr, ratio):
+    """The latent grid `(h, w)` the family samples for the correspondence's images."""
+    # The matcher's grid is the 8 px latent of the extractor's SD VAE: that one is the correspondence's own.
+    if ratio == 8:
+        return tuple(corr.grid)
+    return corr.image_size[0] // ratio, corr.image_size[1] // ratio
+
+
+def check_image_size(node, corr, ratio, family_name):
+    """The correspondence's images must tile the family's latent cells exactly (no cropped border to misalign)."""
+    height, width = corr.image_size
+    if height % ratio or width % ratio:
         raise ValueError(
-            f"{node}: the correspondence was built for a {corr.grid[1]}x{corr.grid[0]} latent "
+            f"{node}: {family_name} encodes {ratio}x{ratio} px per latent cell, but the correspondence was built from "
+            f"{width}x{height} px images. Make the photos' sides multiples of {ratio} (Edicho Batch Images with "
+            f"multiple {ratio}) and rebuild the correspondence from them.")
+
+
+def check_grid(node, corr, latent_grid, ratio=8):
+    expected = expected_latent_grid(corr, ratio)
+    if tuple(latent_grid) != expected:
+        raise ValueError(
+            f"{node}: the correspondence was built for a {expected[1]}x{expected[0]} latent "
             f"({corr.image_size[1]}x{corr.image_size[0]} px images) but the sampler runs "
             f"{latent_grid[1]}x{latent_grid[0]}. Rebuild it from the images at the size you sample.")
 
@@ -79,9 +103,10 @@ class SamplingCheck:
     first call of the sampling run, before a step has been spent on it.
     """
 
-    def __init__(self, corr, node, check_latent=None):
+    def __init__(self, corr, node, ratio=8, check_latent=None):
         self.corr = corr
         self.node = node
+        self.ratio = ratio
         self.check_latent = check_latent
 
     def __deepcopy__(self, memo):
@@ -89,16 +114,20 @@ class SamplingCheck:
 
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         check_batch_rows(self.node, self.corr, x.shape[0], transformer_options, x.ndim)
-        check_grid(self.node, self.corr, x.shape[-2:])
+        check_grid(self.node, self.corr, x.shape[-2:], self.ratio)
         if self.check_latent is not None:
             self.check_latent(x, self.node)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
 def add_sampling_check(patched, corr, node, family):
-    """Check each model call of `patched` (a clone) against `corr`, with the family's own latent check if it has one."""
+    """Check `corr`'s image size for the family now, and each model call of `patched` (a clone) against it, with
+    the family's own latent check if it has one."""
+    ratio = latent_ratio(family)
+    if ratio != 8:
+        check_image_size(node, corr, ratio, model_family_name(patched))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, f"edicho_sampling_check_{node}",
-                                 SamplingCheck(corr, node, getattr(family, "check_latent", None)))
+                                 SamplingCheck(corr, node, ratio, getattr(family, "check_latent", None)))
 
 
 def check_images(node, corr, images):
