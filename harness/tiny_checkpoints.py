@@ -172,16 +172,51 @@ QWEN_IMAGE_TINY = {"image_model": "qwen_image", "in_channels": 64, "num_layers":
 WAN21_VAE_TINY = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
                   "temperal_downsample": [False, True, True], "dropout": 0.0}
 
+# FLUX.2 as the host's UNETLoader detects it (the keys of shared modulation): hidden size from img_in,
+# text width from txt_in (CLIP-L's 768, so a tiny SD1.x checkpoint's CLIP conditions it), block
+# counts by key, guidance_in = dev (Klein has none); patch 1, 4 RoPE axes of 32, MLP ratio 3, no
+# biases are fixed. Heads: 0.33 derives hidden / 128, so 128 wide is one head; 0.3.75 fixes 48
+# heads, where the smallest FLUX.2 it detects is 6144 wide (1.67 B params): `host_detects` tells.
+FLUX2_TINY = {
+    "image_model": "flux2",
+    "in_channels": 128,
+    "out_channels": 128,
+    "vec_in_dim": None,
+    "context_in_dim": 768,
+    "hidden_size": 128,
+    "mlp_ratio": 3.0,
+    "num_heads": 1,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [32, 32, 32, 32],
+    "theta": 2000,
+    "qkv_bias": False,
+    "guidance_embed": False,
+    "patch_size": 1,
+    "global_modulation": True,
+    "mlp_silu_act": True,
+    "ops_bias": False,
+    "default_ref_method": "index",
+    "ref_index_scale": 10.0,
+}
+
 FAMILIES |= {
     # Diffusion-model files (UNETLoader, models/diffusion_models/).
     "flux-dev": {"dit": FLUX_TINY, "expected_model_type": "Flux"},
     "flux-schnell": {"dit": FLUX_TINY | {"guidance_embed": False}, "expected_model_type": "FluxSchnell"},
     "sd35-medium": {"dit": SD35_MEDIUM_TINY, "expected_model_type": "SD3"},
     "qwen-image": {"dit": QWEN_IMAGE_TINY, "expected_model_type": "QwenImage"},
+    "flux2-klein": {"dit": FLUX2_TINY, "expected_model_type": "Flux2"},
+    "flux2-dev": {"dit": FLUX2_TINY | {"guidance_embed": True, "depth": 2, "depth_single_blocks": 2},
+                  "expected_model_type": "Flux2"},
     # TAEF1's layout with 16 latent channels, one file (VAELoader, models/vae/).
     "taef1": {"vae_latent_channels": 16},
     # A Wan 2.1 / Qwen-Image VAE, one file (VAELoader, models/vae/).
     "wan21-vae": {"wan_vae": WAN21_VAE_TINY},
+    # TAEF2, the FLUX.2 TAE (128 channels at 1/16): the host's own size, two files that VAELoader's "taef2"
+    # reads from models/vae_approx/ as taef2_encoder.* and taef2_decoder.*.
+    "taef2-encoder": {"tae_part": "taesd_encoder", "vae_latent_channels": 128},
+    "taef2-decoder": {"tae_part": "taesd_decoder", "vae_latent_channels": 128},
 }
 
 # The host class that builds each DiT config, by the config's "image_model" as the host detects
@@ -189,6 +224,7 @@ FAMILIES |= {
 # detect different sizes of one family (Flux's heads) share the cache under different names.
 DIT_MODULES = {
     "flux": {"cls": "comfy.ldm.flux.model.Flux", "size": "h{hidden_size}"},
+    "flux2": {"cls": "comfy.ldm.flux.model.Flux", "size": "h{hidden_size}"},
     "mmdit": {"cls": "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT", "size": "d{depth}"},
     "qwen_image": {"cls": "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel", "size": "l{num_layers}"},
 }
@@ -217,19 +253,30 @@ def family_spec(family):
     import dataclasses
 
     spec = FAMILIES[family]
-    if spec.get("dit", {}).get("image_model") != "flux":
+    model = spec.get("dit", {}).get("image_model")
+    if model not in ("flux", "flux2"):
         return spec
     import comfy.ldm.flux.model
-    import comfy.model_detection
 
     config = dict(spec["dit"])
-    # Newer hosts require it; Flux.1's detection sets it to no text id axes.
+    # Newer hosts require it; detection sets no text id axes on Flux.1, the 4th RoPE axis on FLUX.2.
     if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
-        config["txt_ids_dims"] = []
-    detected = comfy.model_detection.detect_unet_config(_dit_module(config).state_dict(), "")
-    if detected["num_heads"] != config["num_heads"]:
+        config["txt_ids_dims"] = [] if model == "flux" else [3]
+    if model == "flux" and not _detected_as_built(config):
         config |= FLUX_FIXED_HEADS
     return spec | {"dit": config}
+
+
+def _detected_as_built(config):
+    """Whether the host's detection reads back the heads `config` is built with."""
+    import comfy.model_detection
+
+    return comfy.model_detection.detect_unet_config(_dit_module(config).state_dict(), "")["num_heads"] == config["num_heads"]
+
+
+def host_detects(family):
+    """Whether this host's loader detects `family`'s tiny DiT at the size it is built (0.3.75 fixes FLUX.2's heads)."""
+    return _detected_as_built(family_spec(family)["dit"])
 
 
 def _host_modules(spec):
@@ -250,7 +297,8 @@ def _host_modules(spec):
             return [("", comfy.ldm.wan.vae.WanVAE(**spec["wan_vae"]))]
     if "vae_latent_channels" in spec:
         with torch.device("meta"):
-            return [("", comfy.taesd.taesd.TAESD(latent_channels=spec["vae_latent_channels"]))]
+            tae = comfy.taesd.taesd.TAESD(latent_channels=spec["vae_latent_channels"])
+        return [("", getattr(tae, spec["tae_part"]) if "tae_part" in spec else tae)]
     if "controlnet" in spec:
         import comfy.cldm.cldm
 

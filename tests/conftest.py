@@ -60,12 +60,13 @@ def tiny_sd15(host):
     return link_checkpoint(host, tiny_checkpoints.ensure_checkpoint("sd15", CACHE / "checkpoints"))
 
 
-def link_checkpoint(host, path, folder="checkpoints"):
-    link = host.base_directory / "models" / folder / path.name
+def link_checkpoint(host, path, folder="checkpoints", name=None):
+    """Link `path` into the host's models `folder` (as `name`, else its own name); the name the host lists."""
+    link = host.base_directory / "models" / folder / (name or path.name)
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
         link.symlink_to(path)
-    return path.name
+    return link.name
 
 
 @pytest.fixture(scope="session")
@@ -118,8 +119,8 @@ def tiny_sd15_inpaint(host):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(host):
-    """(family, models folder) -> file name of that family's tiny checkpoint in the host's folder (built once)."""
+    """(family, models folder[, name]) -> file name of that family's tiny checkpoint in the host's folder (built once)."""
     import tiny_checkpoints
 
-    return lambda family, folder="checkpoints": link_checkpoint(
-        host, tiny_checkpoints.ensure_checkpoint(family, CACHE / "checkpoints"), folder)
+    return lambda family, folder="checkpoints", name=None: link_checkpoint(
+        host, tiny_checkpoints.ensure_checkpoint(family, CACHE / "checkpoints"), folder, name)

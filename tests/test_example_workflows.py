@@ -19,18 +19,21 @@ TINY = {
     "instruct-pix2pix-00-22000.safetensors": ("sd15-ip2p", "checkpoints"),
     "control_v11p_sd15_canny.pth": ("sd15-controlnet", "controlnet"),
     "flux1-dev-kontext_fp8_scaled.safetensors": ("flux-dev", "diffusion_models"),
+    "flux-2-klein-base-9b-fp8.safetensors": ("flux2-klein", "diffusion_models"),
     "ae.safetensors": ("taef1", "vae"),
     "qwen_image_vae.safetensors": ("wan21-vae", "vae"),
 }
 # Qwen-Image's width is fixed by the host: its examples run on a reduced model in tests/test_qwen_image.py.
-REDUCED_ELSEWHERE = {"qwen_image_edit_2509_fp8_e4m3fn.safetensors"}
+# The FLUX.2 VAE: tests/test_flux2.py runs its example with the host's TAEF2 (VAELoader "taef2") at a tiny size.
+REDUCED_ELSEWHERE = {"qwen_image_edit_2509_fp8_e4m3fn.safetensors", "full_encoder_small_decoder.safetensors"}
 # T5-XXL can't be built small (the host fixes its size): the tiny SD1.x checkpoint's CLIP-L stands in
 # for Flux's text encoders, which is why the tiny Flux takes 768-wide text.
-TEXT_ENCODERS = {"clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors"}
+TEXT_ENCODERS = {"clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                 "qwen_3_8b_fp8mixed.safetensors"}
 MODEL_INPUTS = ("ckpt_name", "control_net_name", "unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2")
-# Run at 128x96 by tests/test_flux.py (at 256 px the 545 M-parameter Flux that 0.3.75 detects takes minutes)
-# and tests/test_qwen_image.py.
-EXECUTED_ELSEWHERE = {"edicho_kontext.json", "edicho_qwen_edit.json", "edicho_exemplar.json"}
+# Run at 128x96 by tests/test_flux.py (at 256 px the 545 M-parameter Flux that 0.3.75 detects takes minutes),
+# tests/test_flux2.py and tests/test_qwen_image.py.
+EXECUTED_ELSEWHERE = {"edicho_kontext.json", "edicho_flux2_klein.json", "edicho_qwen_edit.json", "edicho_exemplar.json"}
 
 
 def small(graph, tiny_checkpoint):

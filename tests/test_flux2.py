@@ -3,14 +3,19 @@ of the reference's attention output (exactly Eq. 3-4 with warped post-RoPE queri
 reference tokens present), also on the FluxKVCache steps where the queries are shorter than the
 keys; Corr-CFG on 128-channel latents at 1/16; sizes that are not multiples of 16 refused. What
 every DiT family does (chaining, bit-identity, errors for another batch or size) is in
-tests/test_dit_families.py."""
+tests/test_dit_families.py. The example workflow runs on loader-detected tiny FLUX.2 files where the
+host detects them at that size (0.33; 0.3.75 fixes 48 heads: its smallest FLUX.2 is 3.3 GB)."""
+import json
 from collections import Counter
 
 import pytest
 import torch
 
 import reduced_dits
-from patch_calls import AttentionRecorder, record_gathers
+import runner
+import tiny_checkpoints
+from conftest import REPO
+from patch_calls import AttentionRecorder, record_fusions, record_gathers
 from patch_reference import joint_corr_attention_reference, plain_fused_eps, random_correspondence
 
 TOKENS = reduced_dits.LATENT_FLUX2  # 96x80 px: 6x5 latent cells, one token each
@@ -113,3 +118,79 @@ def test_corr_cfg_on_128_channel_latents_is_the_per_position_loop_in_flow_eps_sp
     torch.testing.assert_close(fused[1] + 4.0 * (fused[0] - fused[1]), to_x0(eps_u_fused + 4.0 * (eps_c - other)),
                                rtol=1e-4, atol=1e-4)
     assert torch.equal(fused[1][corr.reference], uncond[corr.reference])
+
+
+# Through the host's loaders and runner: the example workflow on tiny stand-ins.
+WIDTH, HEIGHT = 128, 96  # FLUX.2 latent 8x6, SD1.5 features 16x12: not square
+
+
+@pytest.fixture(scope="module")
+def flux2_files(host, tiny_checkpoint):
+    if not tiny_checkpoints.host_detects("flux2-klein"):
+        pytest.skip("this host detects FLUX.2 only at 48 heads (6144 wide, 3.3 GB): the reduced class tests above "
+                    "cover it here")
+    for part in ("encoder", "decoder"):
+        tiny_checkpoint(f"taef2-{part}", "vae_approx", f"taef2_{part}.safetensors")
+    return tiny_checkpoint
+
+
+def klein_graph(files, sample_files, steps=2, start=0.0, end=1.0, unet="flux2-klein"):
+    """workflows/api/edicho_flux2_klein.json, small: tiny SD1.x for features and text (its 768-wide CLIP-L for
+    Qwen3-8B), tiny loader-detected FLUX.2, TAEF2 through VAELoader; 3 photos at 128x96."""
+    graph = json.loads((REPO / "workflows" / "api" / "edicho_flux2_klein.json").read_text())
+    for node, name in zip(("load_a", "load_b", "load_c"), sample_files):
+        graph[node]["inputs"]["image"] = name
+    graph["crop"] = {"class_type": "ImageScale", "inputs": {"image": ["load_a", 0], "upscale_method": "bicubic",
+                                                           "width": WIDTH, "height": HEIGHT, "crop": "center"}}
+    graph["images"]["inputs"].update(image_1=["crop", 0], megapixels=WIDTH * HEIGHT / 1e6)
+    graph["features_ckpt"]["inputs"]["ckpt_name"] = files("sd15")
+    graph["features"]["inputs"]["ensemble"] = 1
+    # Random-weight features pass no mutual check: match every cell so the gather has work.
+    graph["correspondence"]["inputs"]["mutual"] = False
+    graph["unet"]["inputs"]["unet_name"] = files(unet, "diffusion_models")
+    graph["vae"]["inputs"]["vae_name"] = "taef2"
+    for node in ("positive", "negative"):
+        assert graph[node]["inputs"]["clip"] == ["clip", 0]
+        graph[node]["inputs"]["clip"] = ["features_ckpt", 1]
+    del graph["clip"]
+    for node in ("attention", "fuser"):
+        graph[node]["inputs"].update(start_percent=start, end_percent=end)
+    graph["attention"]["inputs"]["layers"] = "double, single"
+    graph["sigmas"]["inputs"]["steps"] = steps
+    return graph
+
+
+@pytest.mark.parametrize("unet", ["flux2-klein", "flux2-dev"])
+def test_klein_example_patches_every_block_fuses_in_flow_space_and_leaves_references_alone(
+        host, flux2_files, sample_files, pack, monkeypatch, unet):
+    seen = record_gathers(monkeypatch, pack)
+    fused = record_fusions(monkeypatch, pack)
+    result = runner.run_graph(klein_graph(flux2_files, sample_files, steps=3, unet=unet))
+
+    dm = result.output("unet").model.diffusion_model
+    assert type(result.output("unet").model.model_config).__name__ == "Flux2"
+    assert dm.params.guidance_embed == (unet == "flux2-dev") and dm.params.patch_size == 1
+    blocks = len(dm.double_blocks) + len(dm.single_blocks)
+    count = (HEIGHT // 16) * (WIDTH // 16)
+    # 3 steps at cfg 5 (cond and uncond in one call): every block on every step.
+    assert len(seen) == 3 * blocks
+    for out, patched, start, gathered in seen:
+        assert gathered == count and start == TEXT
+        # [text | image | the photo's own reference]: the reference tokens are there and untouched.
+        assert out.shape[1] == start + 2 * count
+        assert torch.equal(patched[:, start + count:], out[:, start + count:])
+        assert torch.equal(patched[:, :start], out[:, :start])
+        assert not torch.equal(patched[:, start:start + count], out[:, start:start + count])
+    # The first of 3 steps is at sigma 1 (pure noise) and left alone by Corr-CFG.
+    assert fused == [(3, 128, HEIGHT // 16, WIDTH // 16)] * 2
+    images = result.output_list("restore")
+    # Restored to each photo's own size: the cropped reference and the two 256 px photos.
+    assert [tuple(i.shape) for i in images] == [(1, HEIGHT, WIDTH, 3)] + [(1, 256, 256, 3)] * 2
+    assert all(torch.isfinite(i).all() for i in images)
+
+
+def test_klein_example_outside_the_step_range_is_bit_identical_to_unpatched(host, flux2_files, sample_files):
+    graph = klein_graph(flux2_files, sample_files, start=1.0, end=1.0)
+    patched = runner.run_graph(graph).output("sample")
+    graph["guider"]["inputs"]["model"] = ["unet", 0]
+    assert torch.equal(patched["samples"], runner.run_graph(graph).output("sample")["samples"])
