@@ -38,6 +38,18 @@ def flux():
     return _patcher(comfy.supported_models.Flux(config).get_model({}))
 
 
+def longcat():
+    """LongCat-Image(-Edit): the host's Flux class with 3 RoPE axes, text positions on axes 1 and 2, no vector
+    input, no guidance (`supported_models.LongCatImage`, absent on older hosts); 2 + 2 blocks, hidden 64."""
+    import comfy.supported_models
+
+    config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": None, "context_in_dim": 32,
+              "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+              "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": False, "patch_size": 2,
+              "txt_ids_dims": [1, 2]}
+    return _patcher(comfy.supported_models.LongCatImage(config).get_model({}))
+
+
 def flux2(guidance=True):
     """FLUX.2 in its detected shape (patch 1, 4 RoPE axes, shared modulation, no biases, no vector input), at
     2 double + 2 single blocks of 2 heads of 32: dev with `guidance`, Klein without."""

@@ -47,6 +47,36 @@ def test_warp_is_the_reference_attention_output_at_the_match(flux_parts, pack, m
         torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_longcat_image_edit_gathers_exactly_with_text_positions_and_reference_tokens(host, pack, monkeypatch):
+    import comfy.sample
+    import comfy.supported_models
+
+    if not hasattr(comfy.supported_models, "LongCatImage"):
+        pytest.skip("this host has no LongCat-Image (added after ComfyUI 0.3.75)")
+    Correspondence = pack("kernels.correspondence").Correspondence
+    corr = random_correspondence(Correspondence, 3, (12, 10), 1, torch.Generator().manual_seed(44), image_size=(96, 80))
+    base = reduced_dits.longcat()
+    assert pack("nodes.families").family_of(base, "x").__name__.endswith("families.flux")
+    recorder = AttentionRecorder()
+    base.model_options["transformer_options"]["optimized_attention_override"] = recorder
+    patched = pack("nodes.attention_warp").apply_attention_warp(base, corr, "double.0, single.1", 0.0, 1.0, 1.0, "warp")
+    results = record_gathers(monkeypatch, pack)
+    gen = torch.Generator().manual_seed(6)
+    cond = [[torch.randn(1, reduced_dits.TEXT, 32, generator=gen),
+             {"reference_latents": [torch.randn(3, 16, *reduced_dits.LATENT, generator=gen)]}]]
+    noise = torch.randn(3, 16, *reduced_dits.LATENT, generator=gen)
+    comfy.sample.sample(patched, noise, 2, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise), disable_pbar=True,
+                        seed=5)
+    active = [c for c in recorder.calls if c["block"] in {("double", 0), ("single", 1)}]
+    assert len(active) == len(results) == 4
+    resized = pack("kernels.correspondence").resize_correspondence(corr, (6, 5))
+    for call, (out, result, start, count) in zip(active, results):
+        assert start == reduced_dits.TEXT and count == 30 and out.shape[1] == start + 2 * count
+        expected = joint_corr_attention_reference(call["q"], call["k"], call["v"], resized, start)
+        torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(result[:, start + count:], out[:, start + count:])
+
+
 def test_feature_extractor_refuses_flux_and_says_where_features_come_from(flux_parts, pack):
     model, _ = flux_parts
     with pytest.raises(ValueError, match=r"EdichoFeatureExtractor: .*Flux.*SD1\.5, SD2\.1 or SDXL checkpoint"):
