@@ -6,7 +6,9 @@
 Random-weight checkpoints with the real layout (tiny and full-size SD1.5 and SDXL; tiny Flux dev,
 `flux-dev`, and SD3.5 Medium's shape, `sd35-medium`, with the tiny SD1.x's CLIP-L for text and the
 TAEF1-layout VAE; the smallest Qwen-Image the host's loader takes, `qwen-image` (one 3072-wide
-block), with random 3584-wide text and the tiny Wan 2.1 VAE), the host's own
+block), with random 3584-wide text and the tiny Wan 2.1 VAE; the tiny FLUX.2 Klein and dev, `flux2-klein`,
+`flux2-dev`, loader-detected where the host detects them at that size (0.33) and else the host's own
+class built at that size from the same state dict (0.3.75), on random 128-channel latents at 1/16), the host's own
 sampler (euler, cfg 7: Flux runs Corr-CFG in flow space too), both patches active on every step (worst case). Corr-Attention runs on random
 correspondences with exactly the given fractions of valid target cells (fixed seed), on its default
 packed path, and once on the gather path (every target row attends, as before the packed path) for
@@ -44,8 +46,9 @@ def group_of(size, batch):
     return torch.cat([views, views.flip(2)])[:batch]
 
 
-def random_correspondence(Correspondence, batch, grid, valid, seed=0):
-    """Reference 0; each target matches random reference cells, exactly round(valid * cells) of them valid."""
+def random_correspondence(Correspondence, batch, grid, valid, seed=0, ratio=8):
+    """Reference 0; each target matches random reference cells, exactly round(valid * cells) of them valid; on the
+    latent `grid` of images `ratio` px per cell."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -55,7 +58,7 @@ def random_correspondence(Correspondence, batch, grid, valid, seed=0):
     mask = rank < round(valid * cells)
     mask[0] = False
     index[0] = torch.arange(cells)
-    return Correspondence(index, mask, torch.ones(batch, cells), tuple(grid), 0, (grid[0] * 8, grid[1] * 8))
+    return Correspondence(index, mask, torch.ones(batch, cells), tuple(grid), 0, (grid[0] * ratio, grid[1] * ratio))
 
 
 def load_family(family):
@@ -71,11 +74,32 @@ def load_family(family):
 
     if "dit" not in tiny_checkpoints.FAMILIES[family]:
         return comfy.sd.load_checkpoint_guess_config(path(family))[:3]
+    clip = comfy.sd.load_checkpoint_guess_config(path("sd15"))[1]
+    if family.startswith("flux2"):
+        return flux2_model(family, path), clip, None
     model = comfy.sd.load_diffusion_model(path(family))
     if family == "qwen-image":
         return model, None, comfy.sd.VAE(sd=comfy.utils.load_torch_file(path("wan21-vae")))
-    clip = comfy.sd.load_checkpoint_guess_config(path("sd15"))[1]
     return model, clip, comfy.sd.VAE(sd=comfy.utils.load_torch_file(path("taef1")))
+
+
+def flux2_model(family, path):
+    """The tiny FLUX.2 through the loader, or where this host does not detect that size, its own class built from
+    the same config and state dict."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+
+    import tiny_checkpoints
+
+    if tiny_checkpoints.host_detects(family):
+        return comfy.sd.load_diffusion_model(path(family))
+    model = comfy.supported_models.Flux2(tiny_checkpoints.family_spec(family)["dit"]).get_model({})
+    model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(path(family)))
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model.to(device), device, comfy.model_management.unet_offload_device())
 
 
 def conditioning(clip, text):
@@ -119,7 +143,11 @@ def main():
     for family in args.families:
         model, clip, vae = load_family(family)
         positive, negative = conditioning(clip, "a photo of a cat"), conditioning(clip, "")
-        latent = pack("nodes.encode_photos").encode_each(vae, group_of(args.size, args.batch))
+        if vae is None:
+            # FLUX.2: what the latent holds does not change the time; random 128 channels at 1/16.
+            latent = torch.randn(args.batch, 128, args.size // 16, args.size // 16, generator=torch.Generator().manual_seed(0))
+        else:
+            latent = pack("nodes.encode_photos").encode_each(vae, group_of(args.size, args.batch))
         noise = comfy.sample.prepare_noise(latent, 0)
 
         def edicho(corr, packed=True):
@@ -131,7 +159,8 @@ def main():
             return fuser.apply_noise_fuser(patched, corr, 0.8, 0.9, 0.0, 1.0, 0, "literal")
 
         grid = tuple(latent.shape[-2:])
-        corrs = [random_correspondence(Correspondence, args.batch, grid, valid) for valid in args.valid]
+        ratio = 16 if vae is None else 8
+        corrs = [random_correspondence(Correspondence, args.batch, grid, valid, ratio=ratio) for valid in args.valid]
         # The gather path's work does not depend on the valid fraction.
         models = [model, edicho(corrs[0], packed=False)] + [edicho(corr) for corr in corrs]
 
