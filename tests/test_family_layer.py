@@ -7,7 +7,16 @@ from pathlib import Path
 NODES = Path(__file__).resolve().parents[1] / "nodes"
 FAMILIES = NODES / "families"
 FAMILY_API = ("matches", "attention_layers", "default_layers", "patch_attention")
-FAMILY_MODULES = ("unet", "flux", "qwen_image", "sd3")
+
+
+def listed_families():
+    """The module names in `nodes/families/__init__.py`'s FAMILIES tuple, read from its source."""
+    tree = ast.parse((FAMILIES / "__init__.py").read_text())
+    value = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "FAMILIES")
+    return tuple(element.id for element in value.elts)
+
+
+FAMILY_MODULES = listed_families()
 
 
 def relative_imports(path):
@@ -35,7 +44,9 @@ def test_family_modules_do_not_import_the_family_package():
             # The layer sits below the node files: nothing in it imports from nodes/ itself.
             assert level != 2, f"{path.name} imports from nodes.{module or names}"
 
+
 def test_every_family_module_defines_the_family_api():
+    assert {"unet", "flux", "flux2", "qwen_image", "sd3"} <= set(FAMILY_MODULES)
     for name in FAMILY_MODULES:
         tree = ast.parse((FAMILIES / f"{name}.py").read_text())
         defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
