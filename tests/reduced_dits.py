@@ -40,14 +40,18 @@ def flux():
 
 def longcat():
     """LongCat-Image(-Edit): the host's Flux class with 3 RoPE axes, text positions on axes 1 and 2, no vector
-    input, no guidance (`supported_models.LongCatImage`, absent on older hosts); 2 + 2 blocks, hidden 64."""
+    input, no guidance; 2 + 2 blocks, hidden 64. None on a host without `supported_models.LongCatImage` (0.3.75)."""
     import comfy.supported_models
 
+    # Found among the host's detectable models: a host feature, absent on older hosts.
+    longcat_image = next((m for m in comfy.supported_models.models if m.__name__ == "LongCatImage"), None)
+    if longcat_image is None:
+        return None
     config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": None, "context_in_dim": 32,
               "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
               "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": False, "patch_size": 2,
               "txt_ids_dims": [1, 2]}
-    return _patcher(comfy.supported_models.LongCatImage(config).get_model({}))
+    return _patcher(longcat_image(config).get_model({}))
 
 
 def flux2(guidance=True):
