@@ -386,3 +386,52 @@ def ensure_checkpoint(family, folder, seed=SEED):
         if stale != path and own_name.fullmatch(stale.name):
             stale.unlink()
     return path
+
+
+# How users' reduced-precision files store the diffusion model (the text encoder and VAE stay as
+# ensure_checkpoint stores them): every tensor cast to fp8 e4m3fn (`*_fp8_e4m3fn`), the host's
+# scaled-fp8 format (`*_fp8_scaled`: each Linear weight divided by its float32 `scale_weight`, cast to
+# fp8, an input scale of 1, the rest 16-bit, a `scaled_fp8` marker key, as the host saves it; both hosts
+# read it) or bf16.
+WEIGHTS = ("fp8_e4m3fn", "fp8_scaled", "bf16")
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def ensure_variant(family, folder, weights, seed=SEED):
+    """Write (once) and return the path of `family`'s tiny checkpoint with its diffusion model stored as `weights`."""
+    from safetensors.torch import load_file, save_file
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"ensure_variant: weights must be one of {WEIGHTS}, got {weights!r}")
+    source = ensure_checkpoint(family, folder, seed)
+    path = source.with_name(f"{source.stem}-{weights}.safetensors")
+    if path.exists():
+        return path
+    prefix, module = _host_modules(family_spec(family))[0]
+    linear = {f"{prefix}{name}.weight" for name, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)}
+    state = {}
+    for key, tensor in load_file(str(source)).items():
+        if not key.startswith(prefix) or not tensor.is_floating_point():
+            state[key] = tensor
+        elif weights == "bf16":
+            state[key] = tensor.to(torch.bfloat16)
+        elif weights == "fp8_e4m3fn":
+            state[key] = tensor.to(torch.float8_e4m3fn)
+        elif key in linear:
+            scale = tensor.float().abs().max().clamp(min=1e-12) / FP8_MAX
+            state[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            state[key[:-len("weight")] + "scale_weight"] = scale.reshape(())
+            state[key[:-len("weight")] + "scale_input"] = torch.ones(())
+        else:
+            state[key] = tensor
+    if weights == "fp8_scaled":
+        state[prefix + "scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"edicho_tiny": family, "seed": str(seed), "weights": weights})
+    tmp.rename(path)
+    # Variants of an older config of this family are never used again.
+    own_name = re.compile(rf"{re.escape(source.stem.rsplit('-', 1)[0])}-[0-9a-f]{{10}}-{weights}\.safetensors")
+    for stale in path.parent.iterdir():
+        if stale != path and own_name.fullmatch(stale.name):
+            stale.unlink()
+    return path
