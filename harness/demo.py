@@ -1,8 +1,8 @@
 """The main job: a consistent edit of the bundled sample photos through the real host.
 
 With --ckpt (an SD1.x, SD2.x or SDXL checkpoint, or an SD1.x one found in the host's models
-folder) it is a real edit; without one it runs a tiny random-weight checkpoint: a smoke run
-whose images are noise.
+folder) it is a real edit; without one, or with --smoke, it runs a tiny random-weight checkpoint:
+a smoke run whose images are noise.
 """
 import argparse
 import json
@@ -21,20 +21,25 @@ SD15_NAME = re.compile(r"(v1-5|v1\.5|sd15|sd-v1|sd_v1|1\.5)", re.I)
 sys.path.insert(0, str(HERE))
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ckpt", help="your SD1.x, SD2.x or SDXL checkpoint: a path, or a file name in the host's "
-                                         "models/checkpoints")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--ckpt", help="your SD1.x, SD2.x or SDXL checkpoint: a path, or a file name in the host's "
+                                       "models/checkpoints")
+    choice.add_argument("--smoke", action="store_true", help="the tiny random-weight checkpoint, even where the "
+                                                             "host's models/checkpoints holds an SD1.x one")
     parser.add_argument("--out", default=str(REPO / "edicho-output"), help="folder for the results")
     parser.add_argument("--prompt", help="what the edit should make of the photos")
     parser.add_argument("--steps", type=int, help="sampling steps (default 50 real, 4 smoke)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the checkpoint's own, 512 for SD1.x, "
                                                  "768 SD2.x, 1024 SDXL; 256 smoke)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def find_user_checkpoint(args):
-    """The checkpoint to use: --ckpt, else an SD1.x-looking file in the user's ComfyUI models folder."""
+    """The checkpoint: --ckpt, else an SD1.x-looking file in the user's models folder; None: the tiny one."""
+    if args.smoke:
+        return None
     if args.ckpt:
         path = Path(args.ckpt).expanduser()
         if path.exists():
@@ -99,7 +104,7 @@ def main():
         graph["positive"]["inputs"]["text"] = args.prompt
     if smoke:
         graph["features"]["inputs"]["ensemble"] = 2
-        banner = ("SMOKE RUN: no SD1.x checkpoint given, so this used a tiny RANDOM-WEIGHT checkpoint. "
+        banner = ("SMOKE RUN: no SD1.x checkpoint given (or --smoke), so this used a tiny RANDOM-WEIGHT checkpoint. "
                   "The images are noise, not an edit; they only show that the whole graph runs. "
                   "Pass --ckpt /path/to/sd15.safetensors for a real edit.")
         print("!" * 100 + "\n" + banner + "\n" + "!" * 100, flush=True)

@@ -1,7 +1,12 @@
 """The host's real server and frontend for the graph editor checks: start it on 127.0.0.1 with
-the pack installed, and drive it with harness/editor_check.mjs in headless Chromium.
+the pack installed, and drive it with harness/editor_check.mjs (and help_check.mjs) in headless Chromium.
 
     ./edicho python harness/editor.py export   # writes workflows/*.json (UI format) from workflows/api/
+
+The export also gives every node the `cnr_id` and `ver` properties ComfyUI-Manager's frontend extension
+(workflow-metadata.js) writes on nodes it creates: the pack's registry id and version for Edicho's
+nodes, `comfy-core` and the host's version for core nodes. The frontend's missing-nodes dialog reads
+them to name the pack a shared workflow needs.
 """
 import contextlib
 import json
@@ -10,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 API_WORKFLOWS = REPO / "workflows" / "api"
 UI_WORKFLOWS = REPO / "workflows"
+# pyproject.toml's [project] name and version (tomllib is 3.11+; the pack supports 3.10).
+_PROJECT = (REPO / "pyproject.toml").read_text().split("[project]\n", 1)[1].split("\n[", 1)[0]
+PACK = dict(re.findall(r'^(name|version) = "([^"]+)"$', _PROJECT, re.M))
+CORE_MODULES = ("nodes", "comfy_extras", "comfy_api_nodes")
 
 
 def _free_port():
@@ -34,8 +44,9 @@ def serve(comfyui_path, home):
     (home / "user" / "default").mkdir(parents=True, exist_ok=True)
     (home / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     port = _free_port()
+    # The host's database defaults to <ComfyUI>/user/comfyui.db whatever --base-directory says: keep it in home.
     args = [sys.executable, str(Path(comfyui_path) / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
-            "--base-directory", str(home)]
+            "--base-directory", str(home), "--database-url", f"sqlite:///{home / 'user' / 'comfyui.db'}"]
     import torch
 
     if not torch.cuda.is_available():
@@ -70,13 +81,47 @@ def check(url, out_dir, workflows, export_dir=None):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def help_panel(url, out_dir, workflow, node_type, expected):
+    """Run help_check.mjs: open `node_type`'s help from `workflow` and wait for `expected` text; its JSON report."""
+    run = subprocess.run(["node", str(REPO / "harness" / "help_check.mjs"), url, str(out_dir), str(workflow),
+                          node_type, expected], capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        raise RuntimeError(f"help_check.mjs failed: {run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def fetch_json(url):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def pack_properties(workflow, object_info, core_version):
+    """`workflow` (UI format) with `cnr_id` and `ver` on each node the host defines, as the Manager writes them."""
+    for node in workflow["nodes"]:
+        module = object_info.get(node["type"], {}).get("python_module", "")
+        if module.split(".")[0] in CORE_MODULES:
+            tags = {"cnr_id": "comfy-core", "ver": core_version}
+        elif module == f"custom_nodes.{PACK['name']}":
+            tags = {"cnr_id": PACK["name"], "ver": PACK["version"]}
+        else:
+            continue
+        node["properties"] = {**node.get("properties", {}), **tags}
+    return workflow
+
+
 def main():
     if sys.argv[1:] != ["export"]:
         sys.exit("usage: ./edicho python harness/editor.py export")
+    api_files = sorted(API_WORKFLOWS.glob("*.json"))
     with tempfile.TemporaryDirectory() as home, serve(os.environ["COMFYUI_PATH"], home) as url:
-        report = check(url, home, sorted(API_WORKFLOWS.glob("*.json")), export_dir=UI_WORKFLOWS)
+        report = check(url, home, api_files, export_dir=UI_WORKFLOWS)
+        object_info = fetch_json(url + "object_info")
+        core_version = fetch_json(url + "system_stats")["system"]["comfyui_version"]
     if report["errors"]:
         sys.exit(f"the editor reported errors: {report['errors']}")
+    for path in (UI_WORKFLOWS / p.name for p in api_files):
+        tagged = pack_properties(json.loads(path.read_text()), object_info, core_version)
+        path.write_text(json.dumps(tagged, indent=1, ensure_ascii=False) + "\n")
     for result in report["results"]:
         print(f"{Path(result['workflow']).name}: {result['nodes']} nodes -> {UI_WORKFLOWS.relative_to(REPO)}/")
 

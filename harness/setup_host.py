@@ -39,7 +39,8 @@ TEST_DEPS = ["pytest", "scikit-image"]
 
 # The ecosystem's own checkers, as users and the registry run them; in a virtualenv of their own, so
 # that their dependencies never meet the host's.
-TOOLS = ["comfy-cli==1.23.0", "comfy-import-guard==1.3.0"]
+# comfyui-manager imports aiohttp without declaring it (it expects ComfyUI's environment).
+TOOLS = ["comfy-cli==1.23.0", "comfy-import-guard==1.3.0", "comfyui-manager==4.3", "aiohttp==3.14.5", "comfy-lint==0.1.0"]
 
 
 def log(msg):

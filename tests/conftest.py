@@ -34,6 +34,38 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.host)
 
 
+def tree_state(root):
+    """Every file and folder under `root`: {relative path: (size, mtime) for a file, None for a folder}.
+
+    Bytecode caches are left out: Python writes them wherever it imports from, as ComfyUI's own start does."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in dirs:
+            state[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            info = os.lstat(os.path.join(folder, name))
+            state[os.path.relpath(os.path.join(folder, name), root)] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+def tree_changes(before, after):
+    """Paths added, removed or changed between two `tree_state`s, sorted."""
+    return sorted(path for path in before.keys() | after.keys() if before.get(path, 0) != after.get(path, 0))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def comfyui_path_left_as_it_was():
+    """The suite writes nothing into $COMFYUI_PATH, which may be a user's own ComfyUI: its models, input,
+    output, temp and user folders (database included) stay as they were. Checked when the session ends."""
+    root = os.environ.get("COMFYUI_PATH")
+    before = tree_state(root) if root else {}
+    yield
+    if root:
+        changed = tree_changes(before, tree_state(root))
+        assert not changed, f"the tests wrote into $COMFYUI_PATH ({root}): {changed[:20]}"
+
+
 @pytest.fixture(scope="session")
 def host_source(tmp_path_factory):
     """The host's source importable (`--cpu` without a GPU), no node loaded: (comfyui_path, base_directory)."""

@@ -1,8 +1,11 @@
 """The real graph editor: the host's server serves its own frontend, headless Chromium opens it,
-loads every example workflow, and the Edicho nodes must be known and render with their inputs."""
+loads every example workflow, and the Edicho nodes must be known and render with their inputs; the
+server serves each node's help page where the frontend fetches it, and the help panel shows it."""
 import json
 import os
+import re
 import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -18,16 +21,44 @@ API = REPO / "workflows" / "api"
 API_WORKFLOWS = sorted(API.glob("*.json"))
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 OUTPUT = REPO / "test-output" / "graph-editor"
+HELP = REPO / "web" / "docs"
 
 pytestmark = pytest.mark.skipif(not HAVE_BROWSER, reason="needs Debian's chromium, node and playwright-core "
                                 "(./edicho test installs them where it can: root with apt-get, npm)")
 
 
+# Where the loaders of the API workflows look for the files they name, under the server's base directory.
+FILE_INPUTS = {("CheckpointLoaderSimple", "ckpt_name"): "models/checkpoints",
+               ("UNETLoader", "unet_name"): "models/diffusion_models", ("VAELoader", "vae_name"): "models/vae",
+               ("CLIPLoader", "clip_name"): "models/text_encoders",
+               ("DualCLIPLoader", "clip_name1"): "models/text_encoders",
+               ("DualCLIPLoader", "clip_name2"): "models/text_encoders",
+               ("ControlNetLoader", "control_net_name"): "models/controlnet", ("LoadImage", "image"): "input"}
+
+
 @pytest.fixture(scope="module")
-def editor_url(host, tmp_path_factory):
+def editor_home(tmp_path_factory):
+    """The server's base directory, with an empty file for each model and photo the API workflows name."""
+    home = tmp_path_factory.mktemp("editor-home")
+    for path in API_WORKFLOWS:
+        for node in json.loads(path.read_text()).values():
+            for name, value in node["inputs"].items():
+                if (node["class_type"], name) in FILE_INPUTS:
+                    (home / FILE_INPUTS[node["class_type"], name]).mkdir(parents=True, exist_ok=True)
+                    (home / FILE_INPUTS[node["class_type"], name] / value).touch()
+    return home
+
+
+@pytest.fixture(scope="module")
+def editor_url(host, editor_home):
     """The host's real server on 127.0.0.1 with the pack installed, first-visit dialogs off."""
-    with editor.serve(host.path, tmp_path_factory.mktemp("editor-home")) as url:
+    with editor.serve(host.path, editor_home) as url:
         yield url
+
+
+def test_server_keeps_its_database_in_its_own_home(editor_url, editor_home):
+    # The host's default is <ComfyUI>/user/comfyui.db, in the install whatever --base-directory says.
+    assert (editor_home / "user" / "comfyui.db").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +107,51 @@ def test_template_browser_lists_each_ui_workflow_once(editor_url):
     with urllib.request.urlopen(editor_url + "workflow_templates") as response:
         templates = json.loads(response.read())
     assert sorted(templates["comfyui-edicho"]) == sorted(p.stem for p in UI_WORKFLOWS)
+
+
+def _get(url):
+    with urllib.request.urlopen(url) as response:
+        return response.read(), response.headers.get_content_type()
+
+
+def test_server_serves_every_pack_nodes_help_page_where_the_frontend_fetches_it(editor_url):
+    with urllib.request.urlopen(editor_url + "object_info") as response:
+        object_info = json.loads(response.read())
+    pack_nodes = {name: info for name, info in object_info.items() if name.startswith("Edicho")}
+    assert sorted(pack_nodes) == sorted(p.stem for p in HELP.glob("*.md"))
+    for name, info in pack_nodes.items():
+        # The frontend's NodeHelpService: custom_nodes.<pack>[@version] -> /extensions/<pack>/docs/<name>.md.
+        pack = info["python_module"].split(".")[1].split("@")[0]
+        page, _ = _get(f"{editor_url}extensions/{pack}/docs/{name}.md")
+        assert page == (HELP / f"{name}.md").read_bytes()
+        for picture in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.decode()):
+            body, kind = _get(f"{editor_url}extensions/{pack}/docs/{picture}")
+            assert kind.startswith("image/") and body == (HELP / picture).read_bytes()
+
+
+def test_node_help_panel_shows_the_nodes_page_and_its_picture(editor_url):
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    # The page's first paragraph, as the panel renders it (one line).
+    page = (HELP / "EdichoMatcher.md").read_text()
+    first_paragraph = " ".join(page.split("\n\n")[1].split())
+    report = editor.help_panel(editor_url, OUTPUT, REPO / "workflows" / "edicho_img2img.json", "EdichoMatcher",
+                               first_paragraph)
+    assert report["selected"] and report["found"], report
+    assert report["errors"] == []
+    shown = [p for p in report["pictures"]
+             if p["src"].endswith("/extensions/comfyui-edicho/docs/correspondence-preview.jpg")]
+    assert shown and shown[0]["width"] > 0, report["pictures"]
+
+
+def test_comfy_lint_finds_every_api_workflow_clean_against_the_servers_object_info(editor_url, tmp_path):
+    tools = os.environ.get("EDICHO_TOOLS")
+    if not tools:
+        pytest.fail("EDICHO_TOOLS is not set: run the tests with `./edicho test`, which installs comfy-lint")
+    # The pack loaded and every model and photo the workflows name present: the /object_info of a user's ComfyUI.
+    schema = tmp_path / "object_info.json"
+    run = subprocess.run([str(Path(tools) / "comfy-lint"), "--server", editor_url.rstrip("/"),
+                          "--schema-cache", str(schema), "--strict", "--json", "--color", "never",
+                          *map(str, API_WORKFLOWS)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "EdichoMatcher" in json.loads(schema.read_text())

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RUNTIME = {"__init__.py", "nodes", "kernels", "workflows", "README.md", "LICENSE", "pyproject.toml", "requirements.txt"}
+RUNTIME = {"__init__.py", "nodes", "kernels", "web", "workflows", "node_list.json", "README.md", "LICENSE", "pyproject.toml",
+           "requirements.txt"}
 NOT_SHIPPED = {"tests", "harness", "bench", ".ci", "docs", "edicho"}
 
 
@@ -62,6 +63,9 @@ def test_comfy_node_pack_ships_the_runtime_only(tools, tmp_path):
     assert not [n for n in names if n.endswith(".png") or "__pycache__" in n]
     assert {"nodes/families/__init__.py", "kernels/corr_attention.py"} <= set(names)
     assert sum(1 for n in names if n.startswith("workflows/api/")) == len(list((REPO / "workflows" / "api").glob("*.json")))
+    # The help pages and their pictures (web/docs/, unlike the README's docs/).
+    assert {n for n in names if n.startswith("web/")} == {p.relative_to(REPO).as_posix() for p in (REPO / "web").rglob("*")
+                                                         if p.is_file()}
 
 
 def test_comfy_import_guard_finds_the_whole_repository_safe_on_this_host(tools, tmp_path):
