@@ -38,6 +38,22 @@ def fuse_uncond_eps(eps, corr, lam, mask):
     return rearrange(fused, "b (h w) c -> b c h w", h=eps.shape[-2]).view(eps.shape)
 
 
+def share_noise(noise, corr):
+    """Each target's starting noise with the reference's, warped, at every valid cell: `[B, C, H, W]` or `[B, C, T, H, W]` -> same.
+
+    `corr` must be on the grid (H, W). Corr-CFG then fuses noise predictions that describe the
+    same noise at the cells it fuses (`fuse_uncond_eps` only injects where `corr` is valid).
+    The reference row and the cells without a match keep their own noise; cells matched to one
+    reference cell get the same values.
+    """
+    if noise.ndim not in (4, 5) or tuple(noise.shape[-2:]) != tuple(corr.grid) or noise.shape[0] != corr.batch_size:
+        raise ValueError(f"share_noise: noise must be [{corr.batch_size}, C, {corr.grid[0]}, {corr.grid[1]}] or "
+                         f"[{corr.batch_size}, C, T, {corr.grid[0]}, {corr.grid[1]}], got {list(noise.shape)}")
+    tokens = rearrange(noise.flatten(1, -3), "b c h w -> b (h w) c")
+    shared = warp_tokens(tokens[corr.reference], tokens, corr.index, corr.valid)
+    return rearrange(shared, "b (h w) c -> b c h w", h=noise.shape[-2]).view(noise.shape)
+
+
 def eps_from_denoised(x, denoised, sigma, alpha):
     """The noise of x = alpha x0 + sigma eps given x0 (`denoised`): `[B, ...]` -> `[B, ...]`.
 

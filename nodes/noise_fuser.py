@@ -1,15 +1,18 @@
 """EdichoNoiseFuser: Corr-CFG (Edicho §3.4) as a chained pre-CFG function on a model clone."""
 import comfy.model_sampling
+import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
-from ..kernels.fusion import denoised_change, eps_from_denoised, fuse_uncond_eps, injection_mask
+from ..kernels.fusion import denoised_change, eps_from_denoised, fuse_uncond_eps, injection_mask, share_noise
 from .families import CorrespondenceOnDevice, add_sampling_check, family_of
 from .step_range import StepGate, StepRange
 from .types import CorrespondenceType
 
 NODE = "EdichoNoiseFuser"
 READINGS = ("literal", "substituted")
+# own: each photo's noise as the sampler drew it (the paper says nothing of it); shared: see SharedStartNoise.
+START_NOISE = ("own", "shared")
 
 
 class CorrCfgFusion:
@@ -68,7 +71,30 @@ class CorrCfgFusion:
         return [cond, new_uncond, *conds_out[2:]]
 
 
-def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed, reading):
+class SharedStartNoise:
+    """OUTER_SAMPLE wrapper: the targets start from the reference's noise, warped, at their matched cells.
+
+    A noise prediction is mostly the photo's own starting noise: fusing predictions that describe
+    different noises moves a fused cell's denoised estimate by lambda sigma (own - reference's),
+    noise over the level the next step expects (tests/test_noise_residual.py). With the noise shared,
+    Eq. 7-9 fuse only what the model predicts beyond it. Ancestral and SDE samplers still add each
+    photo's own noise at every step.
+    """
+
+    def __init__(self, corr):
+        self.corr = corr
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, noise, *args, **kwargs):
+        # Another batch is left as it is: the sampling check names it at the first model call.
+        if noise.ndim in (4, 5) and noise.shape[0] == self.corr.corr.batch_size:
+            noise = share_noise(noise, self.corr.at(noise.device, tuple(noise.shape[-2:])))
+        return executor(noise, *args, **kwargs)
+
+
+def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed, reading, start_noise="own"):
     """A clone of `model` whose unconditional predictions are fused through the correspondence."""
     family = family_of(model, NODE)
     gate = StepGate(StepRange.from_percent(model, start_percent, end_percent, NODE))
@@ -77,8 +103,11 @@ def apply_noise_fuser(model, corr, lam, gamma, start_percent, end_percent, seed,
     add_sampling_check(patched, corr, NODE, family)
     # A UNet reads the noise level at the start of its call (StepGate); other families ignore this patch.
     patched.set_model_emb_patch(gate)
-    patched.set_model_sampler_pre_cfg_function(
-        CorrCfgFusion(CorrespondenceOnDevice(corr), gate, lam, gamma, seed, reading, flow=flow))
+    on_device = CorrespondenceOnDevice(corr)
+    patched.set_model_sampler_pre_cfg_function(CorrCfgFusion(on_device, gate, lam, gamma, seed, reading, flow=flow))
+    if start_noise == "shared" and lam != 0.0:
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "edicho_shared_noise",
+                                     SharedStartNoise(on_device))
     return patched
 
 
@@ -92,8 +121,10 @@ class EdichoNoiseFuser(io.ComfyNode):
             description="Fuses each target's unconditional noise prediction with the reference's, warped through "
                         "the correspondence (Edicho Corr-CFG), in the model's own noise space (rectified flow for Flux, "
                         "Qwen-Image and SD3). "
-                        "The conditional branch is left alone. No effect at cfg 1, where the host skips the "
-                        "unconditional pass: Flux dev, schnell and Kontext are guidance-distilled and run at cfg 1.",
+                        "The conditional branch is left alone. Nothing is fused at cfg 1, where the host skips the "
+                        "unconditional pass: Flux dev, schnell and Kontext are guidance-distilled and run at cfg 1. "
+                        "start_noise shared starts the targets from the reference's noise at their matched cells, "
+                        "so the fused predictions leave no noise behind (README: Corr-CFG).",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input is untouched)."),
                 CorrespondenceType.Input("correspondence", tooltip="From Edicho Matcher, built on the same image batch that is sampled."),
@@ -109,10 +140,21 @@ class EdichoNoiseFuser(io.ComfyNode):
                              tooltip="Seed of the random injection mask (a new mask each step, the same for a given seed)."),
                 io.Combo.Input("reading", options=list(READINGS), default="literal",
                                tooltip="literal (Eq. 9): eps_u' + s(eps_c - eps_u). substituted: eps_u' + s(eps_c - eps_u'), which also pulls the guidance."),
+                io.Combo.Input("start_noise", options=list(START_NOISE), default="own", optional=True,
+                               tooltip="own: each photo starts from the noise the sampler drew for it (the paper "
+                                       "does not say; fused cells then carry lambda x (own - reference's noise), "
+                                       "extra noise a model sees as grain). shared: the targets start from the "
+                                       "reference's noise, warped, at their matched cells, so the fused predictions "
+                                       "describe the same noise and leave none (at cfg 1 too, where nothing is fused). "
+                                       "KSampler and SamplerCustomAdvanced alike; for deterministic samplers (euler, "
+                                       "dpmpp_2m, ddim): ancestral and SDE samplers add each photo's own noise at "
+                                       "every step."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, correspondence, lam, gamma, start_percent, end_percent, seed, reading) -> io.NodeOutput:
-        return io.NodeOutput(apply_noise_fuser(model, correspondence, lam, gamma, start_percent, end_percent, seed, reading))
+    def execute(cls, model, correspondence, lam, gamma, start_percent, end_percent, seed, reading,
+                start_noise="own") -> io.NodeOutput:
+        return io.NodeOutput(apply_noise_fuser(model, correspondence, lam, gamma, start_percent, end_percent, seed, reading,
+                                               start_noise))

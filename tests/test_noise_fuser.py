@@ -103,3 +103,12 @@ def test_flow_model_at_sigma_one_is_left_alone(pack):
     out = make_fusion(pack, corr, sigma_range=(1.0, 0.0), flow=True)(
         make_args(x, cond, uncond, torch.full((3,), 1.0), torch.tensor([1.0, 0.0])))
     assert out[0] is cond and out[1] is uncond
+
+
+def test_start_noise_is_an_optional_input_after_the_saved_ones(pack):
+    # Saved workflows list the widgets in order: the new input goes last, and its default changes nothing.
+    schema = pack("nodes.noise_fuser").EdichoNoiseFuser.define_schema()
+    assert [i.id for i in schema.inputs] == ["model", "correspondence", "lam", "gamma", "start_percent",
+                                             "end_percent", "seed", "reading", "start_noise"]
+    start_noise = schema.inputs[-1]
+    assert start_noise.optional and start_noise.default == "own" and start_noise.options == ["own", "shared"]
