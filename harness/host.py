@@ -1,6 +1,7 @@
 """Boot the real ComfyUI host in this process, with the pack linked into a throwaway base
 directory the way ComfyUI-Manager installs it (a link under custom_nodes/)."""
 import asyncio
+import inspect
 import logging
 import os
 import sys
@@ -70,11 +71,31 @@ def import_host(comfyui_path=None, base_directory=None, extra_args=()):
     # main.py imports the `utils` package before nodes.py puts comfy/ (with comfy/utils.py) first on sys.path.
     import utils.install_util  # noqa: F401
     import folder_paths
+    args = comfy.cli_args.args
+    # ComfyUI >= 0.37 (its own flags tell): main.py stops at start without the asset database's packages unless
+    # --disable-assets is given; the harness needs no assets, so it starts as with that flag there.
+    if hasattr(args, "disable_assets") and not args.disable_assets:
+        import app.database.db
+
+        args.disable_assets = not app.database.db.dependencies_available()
+    # start_host loads no partner (API) nodes, as --disable-partner-nodes does where it replaced --disable-api-nodes
+    # (>= 0.37: that one now also takes the frontend offline).
+    if hasattr(args, "disable_partner_nodes"):
+        args.disable_partner_nodes = True
     # main.py applies these itself; in-process we do.
     if comfy.cli_args.args.output_directory:
         folder_paths.set_output_directory(os.path.abspath(comfy.cli_args.args.output_directory))
     _IMPORTED = comfyui_path, base_directory
     return _IMPORTED
+
+
+def prompt_server(server, loop):
+    """The host's PromptServer, built as its main.py builds it: ComfyUI >= 0.37 takes the asset manager as well."""
+    if "asset_manager" not in inspect.signature(server.PromptServer).parameters:
+        return server.PromptServer(loop)
+    import app.assets.manager
+
+    return server.PromptServer(loop, app.assets.manager.default_asset_manager())
 
 
 def start_host(comfyui_path=None, base_directory=None, extra_args=()):
@@ -94,7 +115,7 @@ def start_host(comfyui_path=None, base_directory=None, extra_args=()):
     # open so that a node's send_sync only queues.
     loop = asyncio.new_event_loop()
     if getattr(server.PromptServer, "instance", None) is None:
-        server.PromptServer(loop)
+        prompt_server(server, loop)
 
     failed = []
 

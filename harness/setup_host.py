@@ -35,6 +35,11 @@ HOST_EXTRA = ["requests"]
 HOST_SKIP = {"torch", "torchvision", "torchaudio"}
 # Tests and the demo only (never the pack): pytest, and scikit-image for its bundled sample photos.
 TEST_DEPS = ["pytest", "scikit-image"]
+# The Qwen-Image 2.1 overlay (HOSTS_DIR/overlays/qwen-image-2.1, run by tests/test_qwen_image21.py) runs upstream's
+# class on the 0.33.0 tree and needs comfy-aimdo 0.5.5 (its malloc_graph). 0.33.0 pins 0.4.13, whose modules 0.5.5
+# keeps unchanged (it adds malloc_graph, storage and functions in control). Installed after the host's pins.
+OVERLAY = HOSTS_DIR / "overlays" / "qwen-image-2.1"
+OVERLAY_DEPS = {"0.33.0": ["comfy-aimdo==0.5.5"]}
 
 
 # The ecosystem's own checkers, as users and the registry run them; in a virtualenv of their own, so
@@ -130,8 +135,9 @@ def ensure_venv(host, name):
     env_dir = Path(os.environ.get("EDICHO_VENV", CACHE / (f"venv-{name}" if name else "venv")))
     python = env_dir / "bin" / "python"
     reqs = host_requirements(host)
+    overlay_deps = OVERLAY_DEPS.get(name, []) if OVERLAY.is_dir() else []
     pack_reqs = (REPO / "requirements.txt").read_text() if (REPO / "requirements.txt").exists() else ""
-    stamp_text = "\n".join(TORCH + reqs + TEST_DEPS + [pack_reqs])
+    stamp_text = "\n".join(TORCH + reqs + TEST_DEPS + [pack_reqs] + overlay_deps)
     stamp = hashlib.sha256(stamp_text.encode()).hexdigest()
     marker = env_dir / ".edicho-stamp"
     if marker.exists() and marker.read_text() == stamp and python.exists():
@@ -144,6 +150,9 @@ def ensure_venv(host, name):
     pip(python, *TORCH)
     log("installing the host's requirements, the pack's and pytest")
     pip(python, *reqs, *TEST_DEPS, "-r", str(REPO / "requirements.txt"))
+    if overlay_deps:
+        log("installing " + ", ".join(overlay_deps) + f" (for the overlay in {OVERLAY})")
+        pip(python, *overlay_deps)
     marker.write_text(stamp)
     log(f"virtualenv ready in {time.time() - t0:.0f} s")
     return python

@@ -89,22 +89,30 @@ class JointCorrAttention:
         if (layout is None or self.strength == 0.0 or not self.gate.is_active
                 or (options.get("block_type"), options.get("block_index")) not in self.keys):
             return self.attend(func, *args, **kwargs)
-        q, k, v = args[:3]
         out = self.attend(func, *args, **kwargs)
         # Output [rows, tokens, channels] unless the caller asked for [rows, heads, tokens, dim].
         token_dim = 2 if kwargs.get("skip_output_reshape") else 1
         count = layout.grid[0] * layout.grid[1]
         start = 0 if out.shape[token_dim] == count else layout.start
-        chunks = len(options["cond_or_uncond"])
-        row_source, query_source = self.corr.attention_sources(out.device, layout.grid, chunks)
-        if self.mode == "share":
-            shared = self.attend(func, q, k.index_select(0, row_source), v.index_select(0, row_source), *args[3:], **kwargs)
-            patched = share_image_tokens(out, shared, row_source, start, count, token_dim)
-        else:
-            patched = gather_image_tokens(out, query_source, start, count, token_dim)
-        if self.strength < 1.0:
-            patched = out.lerp(patched, self.strength)
-        return patched
+        return corr_attention_output(self, func, args, kwargs, out, layout.grid, start, token_dim)
+
+
+def corr_attention_output(override, func, args, kwargs, out, grid, start, token_dim):
+    """One attention call's output `out` with the targets' image tokens (`grid`, from `start` on `token_dim`) taken
+    from the reference's (warp) or recomputed on its K/V (share), blended by `override.strength`."""
+    count = grid[0] * grid[1]
+    chunks = len(kwargs["transformer_options"]["cond_or_uncond"])
+    row_source, query_source = override.corr.attention_sources(out.device, grid, chunks)
+    if override.mode == "share":
+        q, k, v = args[:3]
+        shared = override.attend(func, q, k.index_select(0, row_source), v.index_select(0, row_source), *args[3:],
+                                 **kwargs)
+        patched = share_image_tokens(out, shared, row_source, start, count, token_dim)
+    else:
+        patched = gather_image_tokens(out, query_source, start, count, token_dim)
+    if override.strength < 1.0:
+        patched = out.lerp(patched, override.strength)
+    return patched
 
 
 def patch_attention(patched, corr, keys, gate, strength, mode, node, extra_text_tokens=0, patch=2):
