@@ -392,9 +392,11 @@ def ensure_checkpoint(family, folder, seed=SEED):
 # ensure_checkpoint stores them): every tensor cast to fp8 e4m3fn (`*_fp8_e4m3fn`), the host's
 # scaled-fp8 format (`*_fp8_scaled`: each Linear weight divided by its float32 `scale_weight`, cast to
 # fp8, an input scale of 1, the rest 16-bit, a `scaled_fp8` marker key, as the host saves it; both hosts
-# read it) or bf16.
-WEIGHTS = ("fp8_e4m3fn", "fp8_scaled", "bf16")
+# read it), bf16, or int8 as newer hosts' "int8_tensorwise" files store it (each Linear weight divided by its
+# float32 `weight_scale` and rounded to int8, a `comfy_quant` JSON marker per layer; read through comfy-kitchen).
+WEIGHTS = ("fp8_e4m3fn", "fp8_scaled", "bf16", "int8")
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+INT8_MAX = 127.0
 
 
 def ensure_variant(family, folder, weights, seed=SEED):
@@ -417,6 +419,15 @@ def ensure_variant(family, folder, weights, seed=SEED):
             state[key] = tensor.to(torch.bfloat16)
         elif weights == "fp8_e4m3fn":
             state[key] = tensor.to(torch.float8_e4m3fn)
+        elif weights == "int8" and key in linear:
+            scale = tensor.float().abs().max().clamp(min=1e-12) / INT8_MAX
+            state[key] = (tensor.float() / scale).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+            layer = key[:-len("weight")]
+            state[layer + "weight_scale"] = scale.reshape(())
+            state[layer + "comfy_quant"] = torch.tensor(list(json.dumps({"format": "int8_tensorwise"}).encode()),
+                                                        dtype=torch.uint8)
+        elif weights == "int8":
+            state[key] = tensor
         elif key in linear:
             scale = tensor.float().abs().max().clamp(min=1e-12) / FP8_MAX
             state[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)

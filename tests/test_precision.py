@@ -348,3 +348,29 @@ def test_features_from_a_half_precision_unet_match_as_float32_does(host, pack, m
              "valid": float((half.valid[1:] == float32.valid[1:]).float().mean())}
     figures[f"extractor on a {dtype} UNet, matched in float32: bundled photos, target cells agreeing"] = agree
     assert agree["index"] >= 0.9 and agree["valid"] >= 0.95
+
+
+# 4. int8 files, on a host that reads them (its ops know "int8_tensorwise", via comfy-kitchen: 0.33; 0.3.75 has none).
+
+def host_reads_int8():
+    import importlib.util
+
+    ops = importlib.util.find_spec("comfy.ops")
+    return "int8_tensorwise" in open(ops.origin).read() and importlib.util.find_spec("comfy_kitchen") is not None
+
+
+def test_int8_file_through_checkpoint_loader_samples_with_both_patches(host, pack, monkeypatch, compute, figures):
+    if not host_reads_int8():
+        pytest.skip("this host reads no int8_tensorwise files (ComfyUI 0.3.75 has no int8 format)")
+    compute("float32")
+    model, _, _ = load_sd15(host, monkeypatch, "int8")
+    assert stored_dtypes(model) == {torch.int8}
+    seen = record_corr_attention(monkeypatch, pack)
+    fused = record_fusions(monkeypatch, pack)
+    out = sample_patched(pack, "sd15", model)
+    assert seen["corr"] and {s[:3] for s in seen["corr"]} == {(torch.float32,) * 3}
+    assert fused and out.shape == (3, *INPUTS["sd15"][2]) and torch.isfinite(out).all()
+    # Close to the fp16 file it was quantized from (measured 0.018): one int8 scale per layer.
+    reference = sample_patched(pack, "sd15", load_sd15(host, monkeypatch, "fp16")[0])
+    figures["sd15 int8 file, float32 compute, 3 euler steps, relative L2 to the fp16 file"] = relative(out, reference)
+    assert relative(out, reference) < 0.05
