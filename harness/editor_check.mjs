@@ -1,7 +1,8 @@
 // Opens the real ComfyUI graph editor in headless Chromium, loads workflows (API format with
 // app.loadApiJson, UI format with app.loadGraphData), and reports per workflow: node types the
 // editor doesn't know, whether a missing-nodes dialog showed, the Edicho nodes rendered with their
-// inputs, the API prompt the editor would queue, and a screenshot.
+// inputs, the API prompt the editor would queue, and a screenshot; and the inputs of each Edicho node as
+// the editor creates it fresh (before anything is connected).
 // With EXPORT_DIR set, each loaded API workflow is also saved there in UI format, as the editor
 // serialises it (that is how workflows/*.json are made from workflows/api/*.json). API node ids
 // are renumbered 1, 2, ... in file order first, as the editor's own ids are numbers.
@@ -58,5 +59,8 @@ for (const file of workflows) {
   delete report.serialized;
   results.push({ workflow: file, ui, ...report });
 }
-console.log(JSON.stringify({ results, errors }));
+const fresh = await page.evaluate(() => Object.keys(window.LiteGraph.registered_node_types)
+  .filter((t) => t.startsWith("Edicho"))
+  .map((t) => ({ type: t, inputs: (window.LiteGraph.createNode(t).inputs || []).map((i) => i.name) })));
+console.log(JSON.stringify({ results, errors, fresh }));
 await browser.close();

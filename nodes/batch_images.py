@@ -79,23 +79,54 @@ def restore_photos(images, layout, paste, edit_masks=None):
     return restored
 
 
+PHOTO_NAMES = tuple(f"image_{i}" for i in range(1, MAX_PHOTOS + 1))
+MASK_NAMES = tuple(f"mask_{i}" for i in range(1, MAX_PHOTOS + 1))
+# Growing inputs (V3 Autogrow) where the host has them: one socket more each time the last one is connected.
+Autogrow = getattr(io, "Autogrow", None)
+REFERENCE_TIP = "The reference photo, any size: every other photo is edited to match it."
+PHOTO_TIP = "Photos of the group, any size; a batch counts as several photos."
+MASK_TIP = "Optional mask of the photo with the same number (the region to edit); one per photo of a batch, or one for all."
+
+
+def photo_and_mask_inputs():
+    """image_1..image_8 and mask_1..mask_8: growing groups `photos` / `masks` where the host has Autogrow, else fixed."""
+    if Autogrow is None:
+        return [*(io.Image.Input(name, optional=i > 1, tooltip=REFERENCE_TIP if i == 0 else PHOTO_TIP)
+                  for i, name in enumerate(PHOTO_NAMES)),
+                *(io.Mask.Input(name, optional=True, tooltip=MASK_TIP) for name in MASK_NAMES)]
+    # min 0 and optional: workflows saved with the fixed sockets send image_1.. at the top level, which a
+    # required photos.image_1 would refuse; execute() checks that two photos came, by either name.
+    return [Autogrow.Input("photos", optional=True, template=Autogrow.TemplateNames(io.Image.Input("image", tooltip=PHOTO_TIP),
+                                                                     names=list(PHOTO_NAMES), min=0),
+                           tooltip=f"{REFERENCE_TIP} Connect photos one after another (image_1 first): a new socket "
+                                   f"appears as each is connected, up to {MAX_PHOTOS}."),
+            Autogrow.Input("masks", optional=True,
+                           template=Autogrow.TemplateNames(io.Mask.Input("mask", tooltip=MASK_TIP),
+                                                           names=list(MASK_NAMES), min=0),
+                           tooltip=MASK_TIP)]
+
+
+def named_photos(inputs):
+    """The node's photo and mask inputs by name (image_i, mask_i), from growing groups or fixed sockets alike."""
+    named = {}
+    for name, value in inputs.items():
+        if name in ("photos", "masks"):
+            named.update({key: item for key, item in (value or {}).items() if item is not None})
+        elif value is not None:
+            named[name] = value
+    return named
+
+
 class EdichoBatchImages(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        photos = [io.Image.Input(f"image_{i}", optional=i > 2,
-                                 tooltip=("The reference photo, any size: every other photo is edited to match it."
-                                          if i == 1 else "Photos of the group, any size; a batch counts as several photos."))
-                  for i in range(1, MAX_PHOTOS + 1)]
-        masks = [io.Mask.Input(f"mask_{i}", optional=True,
-                               tooltip=f"Optional mask of image {i} (the region to edit); one per photo of a batch, or one for all.")
-                 for i in range(1, MAX_PHOTOS + 1)]
         return io.Schema(
             node_id=BATCH_NODE,
             display_name="Edicho Batch Images",
             category="edicho/images",
             description="Brings photos of different sizes and aspect ratios to one size for the model, as one "
                         "batch (with masks); Edicho Restore Images puts each back at its own size.",
-            inputs=[*photos, *masks,
+            inputs=[*photo_and_mask_inputs(),
                     io.Float.Input("megapixels", default=0.26, min=0.01, max=16.0, step=0.01,
                                    tooltip="Pixels of the common size, in millions (0.26 = 512x512 for a square reference; 1.0 for SDXL)."),
                     io.Int.Input("multiple", default=64, min=8, max=256, step=8,
@@ -115,12 +146,12 @@ class EdichoBatchImages(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image_1, image_2, megapixels, multiple, fit, group_size=GROUP_SIZE, only_group=ALL_GROUPS,
-                **optional) -> io.NodeOutput:
+    def execute(cls, megapixels, multiple, fit, group_size=GROUP_SIZE, only_group=ALL_GROUPS,
+                **inputs) -> io.NodeOutput:
+        named = named_photos(inputs)
         photos, masks = [], []
         for i in range(1, MAX_PHOTOS + 1):
-            photo = image_1 if i == 1 else image_2 if i == 2 else optional.get(f"image_{i}")
-            mask = optional.get(f"mask_{i}")
+            photo, mask = named.get(f"image_{i}"), named.get(f"mask_{i}")
             if photo is None:
                 if mask is not None:
                     raise ValueError(f"{BATCH_NODE}: mask_{i} is connected but image_{i} is not. Connect the photo too.")
@@ -139,6 +170,10 @@ class EdichoBatchImages(io.ComfyNode):
             for index, single in enumerate(photo.split(1)):
                 photos.append(single)
                 masks.append(None if mask is None else mask[min(index, mask.shape[0] - 1)])
+        if "image_1" not in named or len(photos) < 2:
+            raise ValueError(f"{BATCH_NODE}: got {len(photos)} photo(s){'' if 'image_1' in named else ' and no image_1'}. "
+                             f"Connect the reference to image_1 and at least one more photo (image_2, or a batch "
+                             f"of several on image_1).")
         return io.NodeOutput(*batch_groups(photos, masks, megapixels, multiple, fit, group_size, only_group))
 
 
