@@ -36,17 +36,23 @@ def _free_port():
 
 
 @contextlib.contextmanager
-def serve(comfyui_path, home):
-    """The host's server on a free 127.0.0.1 port, pack linked, first-visit dialogs off: yields its URL."""
+def serve(comfyui_path, home, front_end_root=None):
+    """The host's server on a free 127.0.0.1 port, pack linked, first-visit dialogs off: yields its URL.
+
+    `front_end_root`: a frontend's static folder to serve instead of the one the host pins."""
     home = Path(home)
     (home / "custom_nodes").mkdir(parents=True, exist_ok=True)
-    (home / "custom_nodes" / "comfyui-edicho").symlink_to(REPO, target_is_directory=True)
+    link = home / "custom_nodes" / "comfyui-edicho"
+    if not link.is_symlink():
+        link.symlink_to(REPO, target_is_directory=True)
     (home / "user" / "default").mkdir(parents=True, exist_ok=True)
     (home / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     port = _free_port()
     # The host's database defaults to <ComfyUI>/user/comfyui.db whatever --base-directory says: keep it in home.
     args = [sys.executable, str(Path(comfyui_path) / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
             "--base-directory", str(home), "--database-url", f"sqlite:///{home / 'user' / 'comfyui.db'}"]
+    if front_end_root:
+        args += ["--front-end-root", str(front_end_root)]
     import torch
 
     if not torch.cuda.is_available():

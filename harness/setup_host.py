@@ -172,6 +172,23 @@ def ensure_tools():
     return env_dir / "bin"
 
 
+# The newest frontend on the package index, what a user who updates gets: the editor tests also run on it
+# (the host's --front-end-root). In a folder of its own, so that the tools' virtualenv stays as it is.
+NEWEST_FRONTEND = "comfyui-frontend-package==1.58.1"
+
+
+def ensure_newest_frontend():
+    """NEWEST_FRONTEND installed (pip --target) in the cache: its static folder, which --front-end-root takes."""
+    target = CACHE / ("frontend-" + NEWEST_FRONTEND.split("==")[1])
+    marker = target / ".edicho-stamp"
+    if not (marker.exists() and marker.read_text() == NEWEST_FRONTEND):
+        log(f"installing {NEWEST_FRONTEND} (the editor tests also run the newest frontend)")
+        shutil.rmtree(target, ignore_errors=True)
+        pip(sys.executable, "--no-deps", "--target", str(target), NEWEST_FRONTEND)
+        marker.write_text(NEWEST_FRONTEND)
+    return target / "comfyui_frontend_package" / "static"
+
+
 PLAYWRIGHT = "playwright-core@1.65.1"
 
 
@@ -216,6 +233,7 @@ def main():
         print(f"NODE_PATH={shlex.quote(str(ensure_browser()))}")
     if "--with-tools" in args:
         print(f"EDICHO_TOOLS={shlex.quote(str(ensure_tools()))}")
+        print(f"EDICHO_FRONTEND={shlex.quote(str(ensure_newest_frontend()))}")
 
 
 if __name__ == "__main__":

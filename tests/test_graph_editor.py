@@ -49,10 +49,17 @@ def editor_home(tmp_path_factory):
     return home
 
 
-@pytest.fixture(scope="module")
-def editor_url(host, editor_home):
-    """The host's real server on 127.0.0.1 with the pack installed, first-visit dialogs off."""
-    with editor.serve(host.path, editor_home) as url:
+@pytest.fixture(scope="module", params=["pinned", "newest"])
+def editor_url(request, host, editor_home):
+    """The host's real server on 127.0.0.1 with the pack installed, first-visit dialogs off; serving the frontend
+    the host pins, or the newest on the package index (what a user who updates the frontend gets)."""
+    root = None
+    if request.param == "newest":
+        root = os.environ.get("EDICHO_FRONTEND")
+        if not root:
+            pytest.fail("EDICHO_FRONTEND is not set: run the tests with `./edicho test`, which installs the newest "
+                        "comfyui-frontend-package in its cache")
+    with editor.serve(host.path, editor_home, root) as url:
         yield url
 
 
