@@ -21,6 +21,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Run as a script with -P (./edicho), which keeps the script's folder off sys.path.
+sys.path.insert(0, str(REPO / "harness"))
+import workflow_layout  # noqa: E402
 API_WORKFLOWS = REPO / "workflows" / "api"
 UI_WORKFLOWS = REPO / "workflows"
 # pyproject.toml's [project] name and version (tomllib is 3.11+; the pack supports 3.10).
@@ -115,6 +118,35 @@ def pack_properties(workflow, object_info, core_version):
     return workflow
 
 
+THUMBNAIL_WIDTH = 640
+README_PICTURE = (REPO / "docs" / "graph-editor.png", "edicho_inpaint")
+
+
+def picture_workflows(ui_files):
+    """Each UI workflow pictured whole in the editor: its template thumbnail `workflows/<name>.jpg` (the newer
+    frontends' template browser fetches it) and the README's picture of one of them."""
+    from PIL import Image
+
+    written = []
+    with tempfile.TemporaryDirectory() as home, tempfile.TemporaryDirectory() as shots, \
+            serve(os.environ["COMFYUI_PATH"], home) as url:
+        os.environ["CAPTURE_DIR"] = shots
+        try:
+            report = check(url, home, ui_files)
+        finally:
+            del os.environ["CAPTURE_DIR"]
+        for result in report["results"]:
+            picture, name = Image.open(result["capture"]).convert("RGB"), Path(result["workflow"]).stem
+            thumbnail = picture.resize((THUMBNAIL_WIDTH, round(picture.height * THUMBNAIL_WIDTH / picture.width)),
+                                       Image.LANCZOS)
+            thumbnail.save(UI_WORKFLOWS / f"{name}.jpg", quality=82, optimize=True)
+            written.append(UI_WORKFLOWS / f"{name}.jpg")
+            if name == README_PICTURE[1]:
+                picture.quantize(colors=128).save(README_PICTURE[0], optimize=True)
+                written.append(README_PICTURE[0])
+    return written
+
+
 def main():
     if sys.argv[1:] != ["export"]:
         sys.exit("usage: ./edicho python harness/editor.py export")
@@ -125,11 +157,14 @@ def main():
         core_version = fetch_json(url + "system_stats")["system"]["comfyui_version"]
     if report["errors"]:
         sys.exit(f"the editor reported errors: {report['errors']}")
-    for path in (UI_WORKFLOWS / p.name for p in api_files):
+    for api_file, path in ((p, UI_WORKFLOWS / p.name) for p in api_files):
         tagged = pack_properties(json.loads(path.read_text()), object_info, core_version)
-        path.write_text(json.dumps(tagged, indent=1, ensure_ascii=False) + "\n")
+        laid_out = workflow_layout.lay_out(tagged, json.loads(api_file.read_text()), api_file.stem)
+        path.write_text(json.dumps(laid_out, indent=1, ensure_ascii=False) + "\n")
+    pictures = picture_workflows([UI_WORKFLOWS / p.name for p in api_files])
     for result in report["results"]:
         print(f"{Path(result['workflow']).name}: {result['nodes']} nodes -> {UI_WORKFLOWS.relative_to(REPO)}/")
+    print("pictures: " + ", ".join(str(p.relative_to(REPO)) for p in pictures))
 
 
 if __name__ == "__main__":

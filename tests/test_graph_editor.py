@@ -107,7 +107,8 @@ def test_example_workflow_loads_in_the_editor_with_no_missing_nodes(editor_repor
     result = editor_report[path]
     api = json.loads((API / path.name).read_text())
     assert result["missing"] == [] and not result["missingDialog"], result
-    assert result["nodes"] == len(api)
+    # The UI files also hold a Note (frontend-only, never queued).
+    assert result["nodes"] == len(api) + (1 if result["ui"] else 0)
     rendered = {node["type"]: node for node in result["edicho"]}
     assert set(rendered) == {n["class_type"] for n in api.values() if n["class_type"].startswith("Edicho")}
     # Where the sockets grow, an API file's fixed-socket keys land on grown sockets (web/js/batch_images.js);
@@ -172,6 +173,14 @@ def test_batch_images_keeps_its_fixed_sockets_where_the_host_cannot_grow_them(ed
     fresh = {node["type"]: node["inputs"] for node in editor_run["fresh"]}["EdichoBatchImages"]
     assert [n for n in fresh if FIXED_SOCKET.fullmatch(n)] == \
         [f"image_{i}" for i in range(1, 9)] + [f"mask_{i}" for i in range(1, 9)]
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_server_serves_each_templates_thumbnail_where_the_template_browser_fetches_it(editor_url, path):
+    # The template browser asks for <api>/workflow_templates/<pack>/<name>.jpg.
+    with urllib.request.urlopen(f"{editor_url}api/workflow_templates/comfyui-edicho/{path.stem}.jpg") as response:
+        assert response.headers["Content-Type"] == "image/jpeg"
+        assert response.read()[:3] == b"\xff\xd8\xff"
 
 
 def test_template_browser_lists_each_ui_workflow_once(editor_url):
