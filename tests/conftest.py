@@ -10,6 +10,7 @@ asks for the `host` fixture, and by the modules that start a server); `slow` = o
 math, with the host's source importable but nothing booted.
 """
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -52,6 +53,16 @@ def tree_state(root):
 def tree_changes(before, after):
     """Paths added, removed or changed between two `tree_state`s, sorted."""
     return sorted(path for path in before.keys() | after.keys() if before.get(path, 0) != after.get(path, 0))
+
+
+def fresh_comfyui(dest):
+    """A copy of $COMFYUI_PATH's source at `dest`, without its models, user data or custom nodes (an empty
+    custom_nodes/): for tools that write into the ComfyUI they are pointed at, as ComfyUI-Manager does."""
+    source = Path(os.environ["COMFYUI_PATH"])
+    shutil.copytree(source, dest, ignore=lambda folder, names: [n for n in names if n in ("__pycache__", ".git") or (
+        Path(folder) == source and n in ("custom_nodes", "models", "input", "output", "temp", "user"))])
+    (dest / "custom_nodes").mkdir()
+    return dest
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,14 +16,13 @@ into the ComfyUI it is pointed at, so it gets a copy of the host's tree.
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 import editor
-from conftest import REPO
+from conftest import REPO, fresh_comfyui
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 NODE_LIST = json.loads((REPO / "node_list.json").read_text())
@@ -67,10 +66,7 @@ def cm_cli(tmp_path_factory):
         pytest.fail("EDICHO_TOOLS is not set: run the tests with `./edicho test`, which installs comfyui-manager in "
                     "a virtualenv of its own")
     work = tmp_path_factory.mktemp("manager")
-    source, comfyui = Path(os.environ["COMFYUI_PATH"]), work / "ComfyUI"
-    shutil.copytree(source, comfyui, ignore=lambda folder, names: [n for n in names if n in ("__pycache__", ".git") or (
-        Path(folder) == source and n in ("custom_nodes", "models", "input", "output", "temp", "user"))])
-    (comfyui / "custom_nodes").mkdir()
+    comfyui = fresh_comfyui(work / "ComfyUI")
     (comfyui / "custom_nodes" / editor.PACK["name"]).symlink_to(REPO, target_is_directory=True)
     env = {**os.environ, "COMFYUI_PATH": str(comfyui), "PYTHONPATH": str(comfyui)}
     where = json.loads(subprocess.run([str(Path(tools) / "python"), "-c", CACHE_NAME], env=env, capture_output=True,
