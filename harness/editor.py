@@ -39,10 +39,9 @@ def _free_port():
 
 
 @contextlib.contextmanager
-def serve(comfyui_path, home, front_end_root=None):
-    """The host's server on a free 127.0.0.1 port, pack linked, first-visit dialogs off: yields its URL.
-
-    `front_end_root`: a frontend's static folder to serve instead of the one the host pins."""
+def serve(comfyui_path, home, extra_args=()):
+    """The host's server on a free 127.0.0.1 port, pack linked, first-visit dialogs off, `extra_args` on its
+    command line: yields its URL. Its log is `home/server.log`."""
     home = Path(home)
     (home / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = home / "custom_nodes" / "comfyui-edicho"
@@ -53,9 +52,7 @@ def serve(comfyui_path, home, front_end_root=None):
     port = _free_port()
     # The host's database defaults to <ComfyUI>/user/comfyui.db whatever --base-directory says: keep it in home.
     args = [sys.executable, str(Path(comfyui_path) / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
-            "--base-directory", str(home), "--database-url", f"sqlite:///{home / 'user' / 'comfyui.db'}"]
-    if front_end_root:
-        args += ["--front-end-root", str(front_end_root)]
+            "--base-directory", str(home), "--database-url", f"sqlite:///{home / 'user' / 'comfyui.db'}", *extra_args]
     import torch
 
     if not torch.cuda.is_available():
@@ -78,6 +75,23 @@ def serve(comfyui_path, home, front_end_root=None):
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def queue_prompt(url, workflow):
+    """Queue an API-format workflow on the server at `url`: its prompt id."""
+    request = urllib.request.Request(url + "prompt", json.dumps({"prompt": workflow}).encode(),
+                                     {"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request).read())["prompt_id"]
+
+
+def wait_for_prompt(url, prompt_id, timeout=240):
+    """The server's history entry of a queued prompt once it has finished (`status`, `outputs`)."""
+    for _ in range(timeout * 2):
+        history = fetch_json(f"{url}history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(0.5)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
 
 def check(url, out_dir, workflows, export_dir=None):

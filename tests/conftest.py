@@ -122,6 +122,22 @@ def sd15_parts(host, tiny_sd15):
     return model, clip, vae
 
 
+def relative(a, b):
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def server_home(home, checkpoint):
+    """`home` made a base directory for a real server (`editor.serve`): `checkpoint` linked into its checkpoints
+    folder, the sample group written to its input folder; the photos' names."""
+    import sample_photos
+
+    (home / "models" / "checkpoints").mkdir(parents=True)
+    (home / "models" / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
+    return sample_photos.write_sample_group(home / "input", 256)
+
+
 @pytest.fixture
 def pack(request, host_source):
     """The pack's modules (nodes, kernels) by submodule name.

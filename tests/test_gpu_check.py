@@ -38,7 +38,7 @@ def test_the_check_runs_every_section_at_tiny_sizes(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]
-    assert list(sections) == ["half precision", "sampling SD1.5", "sampling SDXL", "DiT overhead",
+    assert list(sections) == ["half precision", "dynamic VRAM", "sampling SD1.5", "sampling SDXL", "DiT overhead",
                               "extraction 512 px", "extraction 768 px"]
     assert sections["extraction 768 px"]["status"] == "skipped"
     assert all(s["status"] == "ok" for name, s in sections.items() if name != "extraction 768 px")
@@ -53,5 +53,9 @@ def test_the_check_runs_every_section_at_tiny_sizes(tmp_path):
         (measured,) = [value for key, value in figures.items() if f" {dtype} compute" in key]
         assert all(math.isfinite(measured[k]) for k in ("packed vs gather", "patched vs float32"))
     assert any("ms per image" in line for line in sections["extraction 512 px"]["tail"])
+    # Whether DynamicVRAM was on (never on the CPU: --cpu turns it off), and the extractor's early stop in each run.
+    defaults = sections["dynamic VRAM"]["figures"]["defaults"]
+    assert isinstance(defaults["dynamic_vram_active"], bool) and defaults["patcher"]
+    assert len(defaults["runs"]) == 2 and all(run["output_block_calls"][4:] == [0] * 4 for run in defaults["runs"])
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert all(f"| {name} |" in markdown for name in sections)

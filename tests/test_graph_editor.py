@@ -59,7 +59,7 @@ def editor_url(request, host, editor_home):
         if not root:
             pytest.fail("EDICHO_FRONTEND is not set: run the tests with `./edicho test`, which installs the newest "
                         "comfyui-frontend-package in its cache")
-    with editor.serve(host.path, editor_home, root) as url:
+    with editor.serve(host.path, editor_home, ["--front-end-root", root] if root else ()) as url:
         yield url
 
 

@@ -17,7 +17,7 @@ import torch
 import graphs
 import runner
 import tiny_checkpoints
-from conftest import CACHE, REPO, link_checkpoint
+from conftest import CACHE, REPO, link_checkpoint, relative
 from patch_calls import AttentionRecorder, record_fusions, record_gathers
 from patch_reference import random_correspondence
 
@@ -66,12 +66,6 @@ def stored_dtypes(model):
     QuantizedTensor: its storage's)."""
     weights = [m.weight for m in model.model.diffusion_model.modules() if type(m).__name__ == "Linear"]
     return {getattr(w, "_qdata", w).dtype for w in weights}
-
-
-def relative(a, b):
-    """||a - b|| / ||b|| in float64."""
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm())
 
 
 def record_corr_attention(monkeypatch, pack):
