@@ -94,9 +94,10 @@ def wait_for_prompt(url, prompt_id, timeout=240):
     raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
 
-def check(url, out_dir, workflows, export_dir=None):
+def check(url, out_dir, workflows, export_dir=None, capture_dir=None):
     """Run editor_check.mjs on `workflows`; its JSON report."""
-    env = {**os.environ, **({"EXPORT_DIR": str(export_dir)} if export_dir else {})}
+    env = {**os.environ, **({"EXPORT_DIR": str(export_dir)} if export_dir else {}),
+           **({"CAPTURE_DIR": str(capture_dir)} if capture_dir else {})}
     run = subprocess.run(["node", str(REPO / "harness" / "editor_check.mjs"), url, str(out_dir), *map(str, workflows)],
                          capture_output=True, text=True, timeout=300, env=env)
     if run.returncode != 0:
@@ -136,20 +137,14 @@ THUMBNAIL_WIDTH = 640
 README_PICTURE = (REPO / "docs" / "graph-editor.png", "edicho_inpaint")
 
 
-def picture_workflows(ui_files):
-    """Each UI workflow pictured whole in the editor: its template thumbnail `workflows/<name>.jpg` (the newer
-    frontends' template browser fetches it) and the README's picture of one of them."""
+def picture_workflows(url, ui_files):
+    """Each UI workflow pictured whole in the editor at `url`: its template thumbnail `workflows/<name>.jpg` (the
+    newer frontends' template browser fetches it) and the README's picture of one of them."""
     from PIL import Image
 
     written = []
-    with tempfile.TemporaryDirectory() as home, tempfile.TemporaryDirectory() as shots, \
-            serve(os.environ["COMFYUI_PATH"], home) as url:
-        os.environ["CAPTURE_DIR"] = shots
-        try:
-            report = check(url, home, ui_files)
-        finally:
-            del os.environ["CAPTURE_DIR"]
-        for result in report["results"]:
+    with tempfile.TemporaryDirectory() as shots:
+        for result in check(url, shots, ui_files, capture_dir=shots)["results"]:
             picture, name = Image.open(result["capture"]).convert("RGB"), Path(result["workflow"]).stem
             thumbnail = picture.resize((THUMBNAIL_WIDTH, round(picture.height * THUMBNAIL_WIDTH / picture.width)),
                                        Image.LANCZOS)
@@ -167,19 +162,18 @@ def main():
     api_files = sorted(API_WORKFLOWS.glob("*.json"))
     with tempfile.TemporaryDirectory() as home, serve(os.environ["COMFYUI_PATH"], home) as url:
         report = check(url, home, api_files, export_dir=UI_WORKFLOWS)
+        if report["errors"]:
+            sys.exit(f"the editor reported errors: {report['errors']}")
         object_info = fetch_json(url + "object_info")
         core_version = fetch_json(url + "system_stats")["system"]["comfyui_version"]
-    if report["errors"]:
-        sys.exit(f"the editor reported errors: {report['errors']}")
-    for api_file, path in ((p, UI_WORKFLOWS / p.name) for p in api_files):
-        tagged = pack_properties(json.loads(path.read_text()), object_info, core_version)
-        laid_out = workflow_layout.lay_out(tagged, json.loads(api_file.read_text()), api_file.stem)
-        path.write_text(json.dumps(laid_out, indent=1, ensure_ascii=False) + "\n")
-    pictures = picture_workflows([UI_WORKFLOWS / p.name for p in api_files])
+        for api_file, path in ((p, UI_WORKFLOWS / p.name) for p in api_files):
+            tagged = pack_properties(json.loads(path.read_text()), object_info, core_version)
+            laid_out = workflow_layout.lay_out(tagged, json.loads(api_file.read_text()), api_file.stem)
+            path.write_text(json.dumps(laid_out, indent=1, ensure_ascii=False) + "\n")
+        pictures = picture_workflows(url, [UI_WORKFLOWS / p.name for p in api_files])
     for result in report["results"]:
         print(f"{Path(result['workflow']).name}: {result['nodes']} nodes -> {UI_WORKFLOWS.relative_to(REPO)}/")
     print("pictures: " + ", ".join(str(p.relative_to(REPO)) for p in pictures))
-
 
 if __name__ == "__main__":
     main()

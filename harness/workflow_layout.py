@@ -1,8 +1,6 @@
 """The example workflows laid out for people: left to right, one group per stage (photos, correspondence,
 edit, results), and a Note naming the model files and what to change. Computed from the API file and
 the node sizes the editor gave each node, so `./edicho workflows` rewrites the same layout every time."""
-import re
-
 STAGES = (("Photos", "#3f789e"), ("Correspondence", "#8A8"), ("Edit", "#b58b2a"), ("Results", "#a1309b"))
 STAGE_OF = {"LoadImage": "Photos", "EdichoBatchImages": "Photos",
             "EdichoFeatureExtractor": "Correspondence", "EdichoMatcher": "Correspondence",
@@ -130,7 +128,3 @@ def lay_out(workflow, api, name):
     scale = round(min(1.0, 1560 / width, 900 / height), 3)
     workflow.setdefault("extra", {})["ds"] = {"scale": scale, "offset": [20 / scale, 60 / scale]}
     return workflow
-
-
-def workflow_name(path):
-    return re.sub(r"\.json$", "", path.name)

@@ -83,6 +83,7 @@ PHOTO_NAMES = tuple(f"image_{i}" for i in range(1, MAX_PHOTOS + 1))
 MASK_NAMES = tuple(f"mask_{i}" for i in range(1, MAX_PHOTOS + 1))
 # Growing inputs (V3 Autogrow) where the host has them: one socket more each time the last one is connected.
 Autogrow = getattr(io, "Autogrow", None)
+PHOTO_GROUP, MASK_GROUP = "photos", "masks"
 REFERENCE_TIP = "The reference photo, any size: every other photo is edited to match it."
 PHOTO_TIP = "Photos of the group, any size; a batch counts as several photos."
 MASK_TIP = "Optional mask of the photo with the same number (the region to edit); one per photo of a batch, or one for all."
@@ -96,21 +97,19 @@ def photo_and_mask_inputs():
                 *(io.Mask.Input(name, optional=True, tooltip=MASK_TIP) for name in MASK_NAMES)]
     # min 0 and optional: workflows saved with the fixed sockets send image_1.. at the top level, which a
     # required photos.image_1 would refuse; execute() checks that two photos came, by either name.
-    return [Autogrow.Input("photos", optional=True, template=Autogrow.TemplateNames(io.Image.Input("image", tooltip=PHOTO_TIP),
-                                                                     names=list(PHOTO_NAMES), min=0),
+    photos = Autogrow.TemplateNames(io.Image.Input("image", tooltip=PHOTO_TIP), names=list(PHOTO_NAMES), min=0)
+    masks = Autogrow.TemplateNames(io.Mask.Input("mask", tooltip=MASK_TIP), names=list(MASK_NAMES), min=0)
+    return [Autogrow.Input(PHOTO_GROUP, optional=True, template=photos,
                            tooltip=f"{REFERENCE_TIP} Connect photos one after another (image_1 first): a new socket "
                                    f"appears as each is connected, up to {MAX_PHOTOS}."),
-            Autogrow.Input("masks", optional=True,
-                           template=Autogrow.TemplateNames(io.Mask.Input("mask", tooltip=MASK_TIP),
-                                                           names=list(MASK_NAMES), min=0),
-                           tooltip=MASK_TIP)]
+            Autogrow.Input(MASK_GROUP, optional=True, template=masks, tooltip=MASK_TIP)]
 
 
 def named_photos(inputs):
     """The node's photo and mask inputs by name (image_i, mask_i), from growing groups or fixed sockets alike."""
     named = {}
     for name, value in inputs.items():
-        if name in ("photos", "masks"):
+        if name in (PHOTO_GROUP, MASK_GROUP):
             named.update({key: item for key, item in (value or {}).items() if item is not None})
         elif value is not None:
             named[name] = value

@@ -169,10 +169,14 @@ def test_only_group_selects_one_group_and_refuses_a_missing_one(pack):
         batch_images(nodes, photos[0], photos[1], 0.05, 64, "crop", group_size=3, only_group=4, **inputs)
 
 
-def _autogrow(host):
+def _host_grows():
     from comfy_api.latest import io
 
-    if not hasattr(io, "Autogrow"):
+    return hasattr(io, "Autogrow")
+
+
+def _autogrow(host):
+    if not _host_grows():
         pytest.skip("this host's V3 API has no Autogrow (growing inputs): the node keeps fixed sockets here")
 
 
@@ -190,9 +194,7 @@ def test_photos_and_masks_grow_where_the_host_offers_it(host, pack):
 
 
 def test_fixed_sockets_where_the_host_cannot_grow_them(host, pack):
-    from comfy_api.latest import io
-
-    if hasattr(io, "Autogrow"):
+    if _host_grows():
         pytest.skip("this host grows the photo inputs (see test_photos_and_masks_grow_where_the_host_offers_it)")
     schema = pack("nodes.batch_images").EdichoBatchImages.INPUT_TYPES()
     assert list(schema["required"])[:2] == ["image_1", "image_2"]
